@@ -1,0 +1,317 @@
+//! The connection to the local daemon and one method per call.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint, Uri};
+use tvaers_proto::v1;
+use tvaers_proto::v1::local_api_client::LocalApiClient;
+
+use crate::error::{ClientError, Target};
+use crate::inbox::InboxStream;
+use crate::status::DeliveryStatus;
+use crate::submission::{Submission, Submitted};
+
+/// How long establishing the connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`Client::wait_delivered`] asks the daemon.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A connection to the local tvaers daemon.
+///
+/// Cheap to clone: clones share one HTTP/2 connection, and every method
+/// takes `&self`, so one client can serve many tasks at once. If the
+/// connection breaks, calls fail with [`ClientError::Unavailable`] and the
+/// next call reconnects.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: LocalApiClient<Channel>,
+    target: Target,
+}
+
+impl Client {
+    /// Connects to the daemon's local API on a Unix domain socket.
+    ///
+    /// Fails with [`ClientError::DaemonNotRunning`], naming the path and how
+    /// to start the daemon, when the socket does not exist or nobody listens
+    /// on it.
+    pub async fn connect(socket_path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = Arc::new(socket_path.as_ref().to_path_buf());
+        let target = Target::Unix(PathBuf::clone(&path));
+        // The URI is required by the HTTP layer but never resolved: the
+        // connector below ignores it and dials the socket.
+        let endpoint = Endpoint::from_static("http://localhost").connect_timeout(CONNECT_TIMEOUT);
+        let connector = tower::service_fn(move |_: Uri| {
+            let path = Arc::clone(&path);
+            async move {
+                let stream = tokio::net::UnixStream::connect(&*path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        match endpoint.connect_with_connector(connector).await {
+            Ok(channel) => Ok(Client::from_channel(channel, target)),
+            Err(e) => Err(ClientError::from_connect(&e, target)),
+        }
+    }
+
+    /// Connects to a daemon whose local API listens on loopback TCP, e.g.
+    /// `http://127.0.0.1:7600` (a missing `http://` is added). The local API
+    /// has no TLS: do not use this across a network.
+    pub async fn connect_tcp(addr: &str) -> Result<Client, ClientError> {
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| ClientError::InvalidAddress {
+                addr: addr.to_owned(),
+                reason: innermost(&e),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let target = Target::Tcp(uri);
+        match endpoint.connect().await {
+            Ok(channel) => Ok(Client::from_channel(channel, target)),
+            Err(e) => Err(ClientError::from_connect(&e, target)),
+        }
+    }
+
+    fn from_channel(channel: Channel, target: Target) -> Client {
+        Client {
+            inner: LocalApiClient::new(channel),
+            target,
+        }
+    }
+
+    /// Where this client talks to its daemon.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The generated gRPC client, for calls this crate does not wrap.
+    pub fn raw(&self) -> LocalApiClient<Channel> {
+        self.inner.clone()
+    }
+
+    fn map(&self, status: tonic::Status) -> ClientError {
+        ClientError::from_status(status, &self.target)
+    }
+
+    /// Stores a notice for its recipients; returns once it is on the
+    /// daemon's disk. Delivery happens afterwards: follow it with
+    /// [`delivery_status`](Self::delivery_status) or
+    /// [`wait_delivered`](Self::wait_delivered).
+    ///
+    /// Safe to retry with the same `Submission` (same idempotency key): the
+    /// second answer has `duplicate: true` and the first notice id.
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .submit(submission.into_request())
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(Submitted {
+            notice_id: response.notice_id,
+            duplicate: response.duplicate,
+        })
+    }
+
+    /// Where a submitted notice is, per recipient.
+    pub async fn delivery_status(
+        &self,
+        notice_id: impl AsRef<str>,
+    ) -> Result<DeliveryStatus, ClientError> {
+        let request = v1::DeliveryStatusRequest {
+            notice_id: notice_id.as_ref().to_owned(),
+        };
+        let response = self
+            .inner
+            .clone()
+            .delivery_status(request)
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(response.into())
+    }
+
+    /// Asks for the delivery status every 50 ms until every recipient is
+    /// delivered or failed, and returns that status (check
+    /// [`DeliveryStatus::all_delivered`]). Fails with
+    /// [`ClientError::Timeout`], carrying the last status, after `timeout`.
+    pub async fn wait_delivered(
+        &self,
+        notice_id: impl AsRef<str>,
+        timeout: Duration,
+    ) -> Result<DeliveryStatus, ClientError> {
+        let notice_id = notice_id.as_ref();
+        let start = tokio::time::Instant::now();
+        loop {
+            let status = self.delivery_status(notice_id).await?;
+            if status.is_settled() {
+                return Ok(status);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(ClientError::Timeout {
+                    notice_id: notice_id.to_owned(),
+                    waited,
+                    last: Box::new(status),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL.min(timeout - waited)).await;
+        }
+    }
+
+    /// Inbox items with a cursor greater than `after_cursor` (0 for the
+    /// start), at most `limit` of them (0 means the daemon's default, 100),
+    /// acknowledged or not.
+    pub async fn list_inbox(
+        &self,
+        after_cursor: u64,
+        limit: u32,
+    ) -> Result<Vec<v1::InboxItem>, ClientError> {
+        self.list(after_cursor, limit, false).await
+    }
+
+    /// Like [`list_inbox`](Self::list_inbox), leaving out acknowledged items.
+    pub async fn list_unacked(
+        &self,
+        after_cursor: u64,
+        limit: u32,
+    ) -> Result<Vec<v1::InboxItem>, ClientError> {
+        self.list(after_cursor, limit, true).await
+    }
+
+    async fn list(
+        &self,
+        after_cursor: u64,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<v1::InboxItem>, ClientError> {
+        let request = v1::ListInboxRequest {
+            after_cursor,
+            limit,
+            unacked_only,
+        };
+        let response = self
+            .inner
+            .clone()
+            .list_inbox(request)
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(response.items)
+    }
+
+    /// Inbox items after `after_cursor`, then every new item as it arrives.
+    /// Read it with [`StreamExt::next`](crate::StreamExt::next); see
+    /// [`InboxStream`] for resuming after a disconnect.
+    pub fn inbox_stream(&self, after_cursor: u64) -> InboxStream {
+        let mut inner = self.inner.clone();
+        let open = Box::pin(async move {
+            let request = v1::StreamInboxRequest { after_cursor };
+            Ok(inner.stream_inbox(request).await?.into_inner())
+        });
+        InboxStream::new(open, self.target.clone(), after_cursor)
+    }
+
+    /// Marks an inbox item as taken care of. Returns false when it was
+    /// acknowledged before.
+    pub async fn ack(&self, cursor: u64) -> Result<bool, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .ack_inbox(v1::AckInboxRequest { cursor })
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(response.newly_acked)
+    }
+}
+
+/// The innermost cause of an error, for people.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tvaers-client-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    #[tokio::test]
+    async fn missing_socket_says_daemon_not_running() {
+        let dir = scratch_dir("missing");
+        let path = dir.join("local.sock");
+        let err = Client::connect(&path).await.expect_err("no daemon there");
+        match &err {
+            ClientError::DaemonNotRunning { target, kind } => {
+                assert_eq!(target, &Target::Unix(path.clone()));
+                assert_eq!(*kind, std::io::ErrorKind::NotFound);
+            }
+            other => panic!("unexpected error: {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("tvaersd --config FILE"), "{text}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn stale_socket_says_daemon_not_running() {
+        let dir = scratch_dir("stale");
+        let path = dir.join("local.sock");
+        // A socket file left behind by a daemon that stopped.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let err = Client::connect(&path).await.expect_err("nobody listens");
+        assert!(
+            matches!(
+                &err,
+                ClientError::DaemonNotRunning { kind: std::io::ErrorKind::ConnectionRefused, .. }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("nothing is listening"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn closed_tcp_port_says_daemon_not_running() {
+        // Bind and drop to find a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let err = Client::connect_tcp(&format!("127.0.0.1:{port}"))
+            .await
+            .expect_err("nobody listens");
+        assert!(
+            matches!(&err, ClientError::DaemonNotRunning { target: Target::Tcp(addr), .. }
+                if addr == &format!("http://127.0.0.1:{port}")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_address_is_refused() {
+        let err = Client::connect_tcp("http://exa mple:1").await.expect_err("bad uri");
+        assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,131 @@
+//! The local API: gRPC for the organisation's own systems, on a Unix socket
+//! (mode 0660) and optionally on loopback TCP.
+//!
+//! One file per call: [`submit`], [`status`], [`inbox`]. This file holds the
+//! shared state, the mapping of errors to gRPC status codes and the server.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tvaers_proto::v1;
+use tvaers_proto::v1::local_api_server::{LocalApi, LocalApiServer};
+
+use crate::batch::GroupCommit;
+use crate::delivery::CitizenKeys;
+use crate::delivery::driver::PeerDriver;
+use crate::store::{NewNotice, Store, SubmitOutcome};
+
+pub mod inbox;
+pub mod status;
+pub mod submit;
+
+/// What every API call may use.
+#[derive(Debug)]
+pub struct ApiState {
+    pub org_id: String,
+    pub store: Arc<dyn Store>,
+    pub submits: GroupCommit<NewNotice, SubmitOutcome>,
+    pub peers: HashMap<String, PeerDriver>,
+    pub citizens: CitizenKeys,
+    pub default_ttl_ms: i64,
+    pub newest_cursor: watch::Receiver<u64>,
+    pub shutdown: CancellationToken,
+}
+
+/// The tonic service: each method delegates to its own module.
+#[derive(Debug, Clone)]
+pub struct LocalApiService {
+    state: Arc<ApiState>,
+}
+
+impl LocalApiService {
+    pub fn new(state: Arc<ApiState>) -> LocalApiService {
+        LocalApiService { state }
+    }
+
+    pub fn into_server(self) -> LocalApiServer<LocalApiService> {
+        LocalApiServer::new(self)
+    }
+}
+
+type InboxStream = Pin<Box<dyn Stream<Item = Result<v1::InboxItem, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LocalApi for LocalApiService {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        submit::submit(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn delivery_status(
+        &self,
+        request: Request<v1::DeliveryStatusRequest>,
+    ) -> Result<Response<v1::DeliveryStatusResponse>, Status> {
+        status::delivery_status(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_inbox(
+        &self,
+        request: Request<v1::ListInboxRequest>,
+    ) -> Result<Response<v1::ListInboxResponse>, Status> {
+        inbox::list(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type StreamInboxStream = InboxStream;
+
+    async fn stream_inbox(
+        &self,
+        request: Request<v1::StreamInboxRequest>,
+    ) -> Result<Response<Self::StreamInboxStream>, Status> {
+        let stream = inbox::stream(self.state.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack_inbox(
+        &self,
+        request: Request<v1::AckInboxRequest>,
+    ) -> Result<Response<v1::AckInboxResponse>, Status> {
+        inbox::ack(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Maps a store failure to a gRPC status without leaking details a caller
+/// cannot act on; the daemon's log has the cause.
+pub(crate) fn internal(operation: &str, error: impl std::fmt::Display) -> Status {
+    tracing::error!(operation, %error, "local API call failed");
+    Status::unavailable(format!("{operation} failed: the daemon's store is unavailable; retry"))
+}
+
+/// Binds the Unix socket with mode 0660, replacing a stale socket file left
+/// by a crashed daemon.
+pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}

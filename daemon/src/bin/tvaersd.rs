@@ -1,0 +1,149 @@
+//! `tvaersd`: the tvaers daemon. Argument parsing and logging set-up only;
+//! everything else is in the `tvaers_daemon` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tvaers_daemon::config::Config;
+
+/// Secure exchange of event notices between municipality, psychiatry and
+/// general practice.
+///
+/// Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad usage or
+/// configuration.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The site's config file (see config/*.toml for commented examples).
+    #[arg(long, short, env = "TVAERSD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Check the config file and print this site's TLS fingerprint, the
+    /// value peers pin.
+    Check,
+    /// Generate a TLS key and certificate for a new site into DIR.
+    GenerateKeys {
+        #[arg(long)]
+        org_id: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match args.command.unwrap_or(Command::Run) {
+        Command::GenerateKeys { org_id, dir } => {
+            match tvaers_daemon::identity::generate(&dir, &org_id) {
+                Ok(keys) => {
+                    println!("certificate: {}", keys.certificate.display());
+                    println!("private key: {}", keys.private_key.display());
+                    println!("fingerprint: {}", keys.fingerprint);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Check => with_config(args.config, |config| {
+            let identity = tvaers_daemon::transport::tls::Identity::load(
+                &config.transport.certificate,
+                &config.transport.private_key,
+            )
+            .map_err(|e| e.to_string())?;
+            println!("config ok: {}", config.path.display());
+            println!("organisation: {} ({})", config.site.org_id, config.site.name);
+            println!("fingerprint: {}", identity.fingerprint());
+            Ok(())
+        }),
+        Command::Run => with_config(args.config, run),
+    }
+}
+
+fn with_config(
+    path: Option<PathBuf>,
+    action: impl FnOnce(Config) -> Result<(), String>,
+) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("error: no config file given: pass --config FILE (examples in config/)");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match action(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received");
+            signals.cancel();
+        });
+        tvaers_daemon::daemon::run(config, shutdown, None)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,445 @@
+//! The daemon's configuration: a TOML file turned into typed settings.
+//!
+//! Relative paths in the file are resolved against the file's own directory,
+//! so a site directory can be moved as a whole. Every error names the key
+//! (and the file) that is wrong, so an operator can fix it without reading
+//! code. `config/*.toml` in the repository are commented examples.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::transport::tls::Fingerprint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// Which sector an organisation belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sector {
+    Municipality,
+    Psychiatry,
+    GeneralPractice,
+}
+
+impl Sector {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sector::Municipality => "municipality",
+            Sector::Psychiatry => "psychiatry",
+            Sector::GeneralPractice => "general-practice",
+        }
+    }
+}
+
+/// The whole configuration of one daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub site: Site,
+    pub store: StoreConfig,
+    pub transport: TransportConfig,
+    pub api: ApiConfig,
+    pub delivery: DeliveryConfig,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub org_id: String,
+    pub name: String,
+    pub sector: Sector,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub listen: SocketAddr,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub max_frame_bytes: u32,
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub ttl_seconds: u64,
+    pub max_in_flight: usize,
+    pub backoff_initial_ms: i64,
+    pub backoff_max_ms: i64,
+    pub send_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub org_id: String,
+    pub name: String,
+    pub address: SocketAddr,
+    pub fingerprint: Fingerprint,
+}
+
+// ---- the file format ----------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    site: FileSite,
+    store: FileStore,
+    transport: FileTransport,
+    api: FileApi,
+    #[serde(default)]
+    delivery: FileDelivery,
+    #[serde(default)]
+    peers: Vec<FilePeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSite {
+    org_id: String,
+    name: String,
+    sector: Sector,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTransport {
+    listen: String,
+    certificate: PathBuf,
+    private_key: PathBuf,
+    #[serde(default = "default_max_frame_bytes")]
+    max_frame_bytes: u32,
+    #[serde(default = "default_idle_timeout_ms")]
+    idle_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    socket: PathBuf,
+    tcp: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDelivery {
+    #[serde(default = "default_ttl_seconds")]
+    ttl_seconds: u64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_backoff_initial_ms")]
+    backoff_initial_ms: i64,
+    #[serde(default = "default_backoff_max_seconds")]
+    backoff_max_seconds: i64,
+    #[serde(default = "default_send_timeout_ms")]
+    send_timeout_ms: u64,
+}
+
+impl Default for FileDelivery {
+    fn default() -> Self {
+        FileDelivery {
+            ttl_seconds: default_ttl_seconds(),
+            max_in_flight: default_max_in_flight(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_seconds: default_backoff_max_seconds(),
+            send_timeout_ms: default_send_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    org_id: String,
+    name: String,
+    address: String,
+    fingerprint: String,
+}
+
+/// 64 KiB: a notice with a full plan is a few KiB; anything near this is
+/// not a notice.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 64 * 1024;
+
+fn default_max_frame_bytes() -> u32 {
+    DEFAULT_MAX_FRAME_BYTES
+}
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+fn default_ttl_seconds() -> u64 {
+    7 * 24 * 3600
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_backoff_initial_ms() -> i64 {
+    1_000
+}
+fn default_backoff_max_seconds() -> i64 {
+    300
+}
+fn default_send_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses config text as if read from `path` (relative paths resolve
+    /// against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let resolve = |p: &Path| base.join(p);
+
+        tvaers_proto::validate::org_id("site.org_id", &file.site.org_id)
+            .map_err(|e| invalid("site.org_id", e.problem.to_string()))?;
+        if file.site.name.trim().is_empty() {
+            return Err(invalid("site.name", "must not be empty".into()));
+        }
+
+        let store = match file.store.url.split_once(':') {
+            Some(("sqlite", rest)) => {
+                let rest = rest.trim_start_matches("//");
+                if rest.is_empty() {
+                    return Err(invalid("store.url", "sqlite URL has no file path".into()));
+                }
+                StoreConfig::Sqlite {
+                    path: resolve(Path::new(rest)),
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "store.url",
+                    "expected `sqlite://PATH` (PostgreSQL is not supported yet)".into(),
+                ));
+            }
+        };
+
+        let listen = file.transport.listen.parse().map_err(|_| {
+            invalid(
+                "transport.listen",
+                "expected an address like 127.0.0.1:7401".into(),
+            )
+        })?;
+        if file.transport.max_frame_bytes < 1024 {
+            return Err(invalid(
+                "transport.max_frame_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+
+        let tcp = match &file.api.tcp {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    invalid("api.tcp", "expected an address like 127.0.0.1:7600".into())
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "api.tcp",
+                        "the local API has no authentication of its own: bind it to a loopback address".into(),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+
+        let d = &file.delivery;
+        if d.ttl_seconds == 0 {
+            return Err(invalid("delivery.ttl_seconds", "must be above 0".into()));
+        }
+        if d.max_in_flight == 0 {
+            return Err(invalid("delivery.max_in_flight", "must be above 0".into()));
+        }
+        if d.backoff_initial_ms <= 0 || d.backoff_max_seconds * 1000 < d.backoff_initial_ms {
+            return Err(invalid(
+                "delivery.backoff_initial_ms",
+                "must be above 0 and at most delivery.backoff_max_seconds".into(),
+            ));
+        }
+
+        let mut peers: Vec<Peer> = Vec::with_capacity(file.peers.len());
+        for (i, p) in file.peers.iter().enumerate() {
+            let key = |field: &str| format!("peers[{i}].{field}");
+            tvaers_proto::validate::org_id("org_id", &p.org_id)
+                .map_err(|e| invalid(&key("org_id"), e.problem.to_string()))?;
+            if p.org_id == file.site.org_id {
+                return Err(invalid(
+                    &key("org_id"),
+                    "a site cannot be its own peer".into(),
+                ));
+            }
+            if peers.iter().any(|q| q.org_id == p.org_id) {
+                return Err(invalid(
+                    &key("org_id"),
+                    format!("peer {} is listed twice", p.org_id),
+                ));
+            }
+            let address = p.address.parse().map_err(|_| {
+                invalid(
+                    &key("address"),
+                    "expected an address like 10.0.0.5:7401".into(),
+                )
+            })?;
+            let fingerprint = Fingerprint::parse(&p.fingerprint)
+                .map_err(|e| invalid(&key("fingerprint"), e.to_string()))?;
+            peers.push(Peer {
+                org_id: p.org_id.clone(),
+                name: p.name.clone(),
+                address,
+                fingerprint,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            site: Site {
+                org_id: file.site.org_id,
+                name: file.site.name,
+                sector: file.site.sector,
+            },
+            store,
+            transport: TransportConfig {
+                listen,
+                certificate: resolve(&file.transport.certificate),
+                private_key: resolve(&file.transport.private_key),
+                max_frame_bytes: file.transport.max_frame_bytes,
+                idle_timeout_ms: file.transport.idle_timeout_ms,
+            },
+            api: ApiConfig {
+                socket: resolve(&file.api.socket),
+                tcp,
+            },
+            delivery: DeliveryConfig {
+                ttl_seconds: d.ttl_seconds,
+                max_in_flight: d.max_in_flight,
+                backoff_initial_ms: d.backoff_initial_ms,
+                backoff_max_ms: d.backoff_max_seconds * 1000,
+                send_timeout_ms: d.send_timeout_ms,
+            },
+            peers,
+        })
+    }
+
+    pub fn peer(&self, org_id: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.org_id == org_id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[site]
+org_id = "kommune-vordingborg"
+name = "Vordingborg Kommune"
+sector = "municipality"
+
+[store]
+url = "sqlite://data/tvaers.db"
+
+[transport]
+listen = "127.0.0.1:7401"
+certificate = "keys/tls-cert.pem"
+private_key = "keys/tls-key.pem"
+
+[api]
+socket = "run/api.sock"
+
+[[peers]]
+org_id = "psyk-sjaelland"
+name = "Psykiatrien Region Sjælland"
+address = "127.0.0.1:7402"
+fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths_against_the_file() {
+        let c = Config::parse(Path::new("/etc/tvaers/site.toml"), GOOD).unwrap();
+        assert_eq!(c.site.sector, Sector::Municipality);
+        assert_eq!(c.api.socket, PathBuf::from("/etc/tvaers/run/api.sock"));
+        match &c.store {
+            StoreConfig::Sqlite { path } => {
+                assert_eq!(path, &PathBuf::from("/etc/tvaers/data/tvaers.db"))
+            }
+        }
+        assert_eq!(c.delivery.ttl_seconds, 7 * 24 * 3600);
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.peer("psyk-sjaelland").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = GOOD.replace("127.0.0.1:7402", "not-an-address");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("peers[0].address"), "{err}");
+
+        let bad = GOOD.replace("sha256:00", "sha1:00");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("peers[0].fingerprint"), "{err}");
+
+        let bad = GOOD.replace("kommune-vordingborg", "bad id!");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("site.org_id"), "{err}");
+
+        let bad = GOOD.replace("[api]", "[api]\ntcp = \"0.0.0.0:7600\"");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("api.tcp"), "{err}");
+
+        let bad = GOOD.replace("[store]", "[store]\nbogus = 1");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,88 @@
+//! A site's keys on disk: generating the TLS key and certificate for a new
+//! site and writing them with owner-only permissions.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::transport::tls::{self, Fingerprint, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0} exists already; refusing to overwrite a key (move it away first)")]
+    Exists(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Where [`generate`] put the files.
+#[derive(Debug, Clone)]
+pub struct SiteKeys {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub fingerprint: Fingerprint,
+}
+
+/// Generates a TLS key and self-signed certificate for `org_id` into `dir`
+/// (`tls-cert.pem`, `tls-key.pem`, both mode 0600). Never overwrites.
+pub fn generate(dir: &Path, org_id: &str) -> Result<SiteKeys, IdentityError> {
+    let certificate = dir.join("tls-cert.pem");
+    let private_key = dir.join("tls-key.pem");
+    for path in [&certificate, &private_key] {
+        if path.exists() {
+            return Err(IdentityError::Exists(path.clone()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let generated = tls::generate_certificate(org_id)?;
+    write_private(&private_key, generated.private_key_pem.as_bytes())?;
+    write_private(&certificate, generated.certificate_pem.as_bytes())?;
+    Ok(SiteKeys {
+        certificate,
+        private_key,
+        fingerprint: generated.fingerprint,
+    })
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().map_err(|source| IdentityError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_owner_only_files_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = generate(dir.path(), "org-a").unwrap();
+        let mode = std::fs::metadata(&keys.private_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = tls::Identity::load(&keys.certificate, &keys.private_key).unwrap();
+        assert_eq!(loaded.fingerprint(), keys.fingerprint);
+        assert!(matches!(generate(dir.path(), "org-a"), Err(IdentityError::Exists(_))));
+    }
+}

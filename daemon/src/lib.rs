@@ -1,0 +1,37 @@
+//! The tvaers daemon as a library: everything `tvaersd` runs, cut by
+//! responsibility so a reader finds each step of a notice's trip in one file:
+//!
+//! | step | file |
+//! |---|---|
+//! | a local system submits | [`api::submit`] |
+//! | the notice is persisted | [`store`] ([`store::sqlite`]) |
+//! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`] |
+//! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
+//! | the peer receives it | [`receive`] |
+//! | it is read from the inbox | [`api::inbox`] |
+//!
+//! [`daemon`] wires these together and owns graceful shutdown; [`config`]
+//! turns the TOML file into typed settings.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod batch;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod identity;
+pub mod receive;
+pub mod store;
+pub mod transport;
+
+/// Wall-clock time as UTC milliseconds since the Unix epoch: the unit every
+/// stored and transmitted time uses.
+pub type Millis = i64;
+
+/// The current wall-clock time in [`Millis`].
+pub fn now_ms() -> Millis {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

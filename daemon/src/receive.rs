@@ -1,0 +1,228 @@
+//! Receiving notices from peers: one incoming QUIC connection, one stream
+//! per notice.
+//!
+//! For each stream: read one frame (size checked before allocation), decode,
+//! check that the envelope's sender is the organisation the certificate
+//! proved, that it is addressed to us, valid and not expired; then store it
+//! in the inbox (unique on sender and notice id, so a resent notice is stored
+//! once) and answer with a receipt. A duplicate is answered with the receipt
+//! stored the first time. A bad stream gets a rejection receipt and never
+//! harms the connection or the next notice.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tvaers_proto::v1;
+
+use crate::batch::GroupCommit;
+use crate::now_ms;
+use crate::store::{AcceptOutcome, IncomingNotice};
+use crate::transport::endpoint::Endpoint;
+use crate::transport::frame::{self, FrameError};
+
+/// Stable reason codes of rejection receipts.
+pub mod reason {
+    pub const SENDER_MISMATCH: &str = "SENDER_MISMATCH";
+    pub const WRONG_RECIPIENT: &str = "WRONG_RECIPIENT";
+    pub const INVALID_FIELD: &str = "INVALID_FIELD";
+    pub const TOO_LARGE: &str = "TOO_LARGE";
+    pub const MALFORMED: &str = "MALFORMED";
+    pub const EXPIRED: &str = "EXPIRED";
+    pub const UNKNOWN_PEER: &str = "UNKNOWN_PEER";
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+}
+
+/// Everything a receiving stream needs. Shared by all connections.
+#[derive(Debug)]
+pub struct Receiver {
+    pub org_id: String,
+    pub max_frame_bytes: u32,
+    pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
+    /// The highest inbox cursor stored, for waking inbox streams.
+    pub newest_cursor: watch::Sender<u64>,
+}
+
+impl Receiver {
+    /// Accepts connections until `shutdown`; each connection and stream runs
+    /// on `tasks` so shutdown can wait for stores in progress.
+    pub async fn serve(
+        self: Arc<Self>,
+        endpoint: Endpoint,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                () = shutdown.cancelled() => None,
+            };
+            let Some(incoming) = incoming else { break };
+            let receiver = self.clone();
+            let endpoint = endpoint.clone();
+            let conn_tasks = tasks.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                receiver
+                    .serve_connection(endpoint, incoming, conn_tasks, shutdown)
+                    .await
+            });
+        }
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        endpoint: Endpoint,
+        incoming: quinn::Incoming,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let remote = incoming.remote_address();
+        let connection = match incoming.await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%remote, %error, "incoming connection failed during the handshake");
+                return;
+            }
+        };
+        // Checked again here, not only in the handshake verifier: the
+        // pinned set may have changed, and this is the identity we use.
+        let (peer, fingerprint) = match endpoint.authenticate(&connection) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%remote, %error, reason = reason::UNKNOWN_PEER, "refused a connection");
+                connection.close(quinn::VarInt::from_u32(1), reason::UNKNOWN_PEER.as_bytes());
+                return;
+            }
+        };
+        tracing::info!(%peer, %remote, %fingerprint, "peer connected");
+        loop {
+            let stream = tokio::select! {
+                stream = connection.accept_bi() => stream,
+                () = shutdown.cancelled() => break,
+            };
+            match stream {
+                Ok((send, recv)) => {
+                    let receiver = self.clone();
+                    let peer = peer.clone();
+                    tasks.spawn(async move { receiver.serve_stream(&peer, send, recv).await });
+                }
+                Err(error) => {
+                    tracing::info!(%peer, %error, "peer connection closed");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn serve_stream(&self, peer: &str, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let receipt = match frame::read_message::<v1::PeerRequest, _>(&mut recv, self.max_frame_bytes).await {
+            Ok(request) => self.handle_request(peer, request).await,
+            Err(FrameError::TooLarge { announced, limit }) => {
+                tracing::warn!(%peer, announced, limit, reason = reason::TOO_LARGE, "rejected an oversized frame");
+                let _ = recv.stop(quinn::VarInt::from_u32(2));
+                rejection(&self.org_id, "", reason::TOO_LARGE, format!("frame of {announced} bytes exceeds the limit of {limit} bytes"))
+            }
+            Err(FrameError::Malformed(error)) => {
+                tracing::warn!(%peer, %error, reason = reason::MALFORMED, "rejected a malformed frame");
+                rejection(&self.org_id, "", reason::MALFORMED, format!("frame is not a valid PeerRequest: {error}"))
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "stream ended before a request arrived");
+                return;
+            }
+        };
+        let response = v1::PeerResponse {
+            body: Some(v1::peer_response::Body::Receipt(receipt)),
+        };
+        if let Err(error) = frame::write_message(&mut send, &response).await {
+            tracing::debug!(%peer, %error, "could not send the receipt; the sender will retry");
+            return;
+        }
+        let _ = send.finish();
+        // Let the receipt leave before the stream's state is dropped.
+        let _ = send.stopped().await;
+    }
+
+    async fn handle_request(&self, peer: &str, request: v1::PeerRequest) -> v1::Receipt {
+        let Some(v1::peer_request::Body::Notice(envelope)) = request.body else {
+            return rejection(&self.org_id, "", reason::MALFORMED, "request carries no notice".into());
+        };
+        let notice_id = envelope.notice_id.clone();
+        let kind = envelope.notice.as_ref().map_or("none", v1::Notice::kind_name);
+        let reject = |code: &'static str, text: String| {
+            tracing::warn!(%peer, %notice_id, kind, reason = code, detail = %text, "rejected a notice");
+            rejection(&self.org_id, &notice_id, code, text)
+        };
+        if envelope.sender != peer {
+            return reject(
+                reason::SENDER_MISMATCH,
+                format!("envelope names sender {:?} but the connection is authenticated as {peer}", envelope.sender),
+            );
+        }
+        if envelope.recipient != self.org_id {
+            return reject(
+                reason::WRONG_RECIPIENT,
+                format!("envelope is addressed to {:?}, this is {}", envelope.recipient, self.org_id),
+            );
+        }
+        if let Err(error) = tvaers_proto::validate::envelope(&envelope) {
+            return reject(reason::INVALID_FIELD, error.to_string());
+        }
+        let now = now_ms();
+        if envelope.expires_at_ms <= now {
+            return reject(reason::EXPIRED, "the notice's time to live has passed".into());
+        }
+
+        let accepted = v1::Receipt {
+            notice_id: notice_id.clone(),
+            outcome: v1::ReceiptOutcome::Accepted as i32,
+            receiver: self.org_id.clone(),
+            received_at_ms: now,
+            ..Default::default()
+        };
+        let incoming = IncomingNotice {
+            sender: peer.to_owned(),
+            notice_id: notice_id.clone(),
+            envelope: envelope.encode_to_vec(),
+            received_at_ms: now,
+            receipt: accepted.encode_to_vec(),
+        };
+        match self.inbox.run(incoming).await {
+            Ok(outcome) => {
+                if outcome.newly_stored {
+                    tracing::info!(%peer, %notice_id, kind, cursor = outcome.cursor, "accepted a notice");
+                    self.newest_cursor.send_modify(|newest| *newest = (*newest).max(outcome.cursor));
+                    accepted
+                } else {
+                    tracing::info!(%peer, %notice_id, kind, "notice received again; answered with the stored receipt");
+                    v1::Receipt::decode(outcome.receipt.as_slice()).unwrap_or(accepted)
+                }
+            }
+            Err(error) => {
+                tracing::error!(%peer, %notice_id, %error, "could not store an incoming notice");
+                v1::Receipt {
+                    notice_id,
+                    outcome: v1::ReceiptOutcome::RejectedTransient as i32,
+                    reason_code: reason::STORE_UNAVAILABLE.into(),
+                    reason_text: "the receiver could not store the notice; retry later".into(),
+                    receiver: self.org_id.clone(),
+                    received_at_ms: now,
+                }
+            }
+        }
+    }
+}
+
+fn rejection(receiver: &str, notice_id: &str, code: &str, text: String) -> v1::Receipt {
+    v1::Receipt {
+        notice_id: notice_id.to_owned(),
+        outcome: v1::ReceiptOutcome::RejectedPermanent as i32,
+        reason_code: code.to_owned(),
+        reason_text: text,
+        receiver: receiver.to_owned(),
+        received_at_ms: now_ms(),
+    }
+}

@@ -1,0 +1,246 @@
+//! Durable state of one organisation: the outbox (what we must deliver) and
+//! the inbox (what we have accepted), behind one [`Store`] trait.
+//!
+//! The trait knows records and their states, not notice semantics: the
+//! envelope travels as the encoded bytes the daemon produced, and the store
+//! never decodes it. Every method that writes takes a batch and commits it in
+//! one transaction, so concurrent callers share one fsync (see
+//! [`crate::batch`]). Backends: [`sqlite`] (the embedded default). Each one
+//! passes the shared suite in [`suite`].
+
+use crate::Millis;
+
+pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
+
+/// What went wrong in the store. Never carries notice contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {location}: {source}")]
+    Open {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the store schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store query failed during {operation}: {source}")]
+    Query {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("no inbox item with cursor {0}")]
+    NoSuchInboxItem(u64),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// Delivery state of one (notice, recipient) row of the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxState {
+    Pending,
+    InFlight,
+    Delivered,
+    Failed,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::InFlight => "in_flight",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => OutboxState::Pending,
+            "in_flight" => OutboxState::InFlight,
+            "delivered" => OutboxState::Delivered,
+            "failed" => OutboxState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A notice a local system submitted, with one envelope per recipient.
+#[derive(Debug, Clone)]
+pub struct NewNotice {
+    pub notice_id: String,
+    pub idempotency_key: String,
+    /// Digest of the submit request, so the same key with different content
+    /// is told apart from an honest retry.
+    pub request_digest: Vec<u8>,
+    pub created_at_ms: Millis,
+    pub expires_at_ms: Millis,
+    pub recipients: Vec<NewOutboxItem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOutboxItem {
+    pub recipient: String,
+    /// The encoded `tvaers.v1.Envelope` for this recipient.
+    pub envelope: Vec<u8>,
+}
+
+/// What [`Store::submit`] did with one [`NewNotice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Stored now; one outbox row per recipient, in the order given.
+    Stored { outbox_seqs: Vec<i64> },
+    /// The idempotency key was stored before with the same request digest:
+    /// nothing new was written.
+    Duplicate { notice_id: String },
+    /// The idempotency key was stored before with a different request.
+    KeyReused { notice_id: String },
+}
+
+/// One row of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Position in submission order over the whole outbox.
+    pub seq: i64,
+    pub notice_id: String,
+    pub recipient: String,
+    pub envelope: Vec<u8>,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub next_attempt_at_ms: Millis,
+    pub expires_at_ms: Millis,
+    pub last_error: Option<String>,
+}
+
+/// A change to outbox rows decided by the delivery machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxUpdate {
+    /// Sent on the wire; `attempts` is the new attempt count.
+    InFlight { seq: i64, attempts: u32 },
+    /// The peer accepted it; `receipt` is the encoded `tvaers.v1.Receipt`.
+    Delivered {
+        seq: i64,
+        receipt: Vec<u8>,
+        at_ms: Millis,
+    },
+    /// Will not be delivered; `receipt` is present when the peer rejected it.
+    Failed {
+        seq: i64,
+        reason: String,
+        receipt: Option<Vec<u8>>,
+        at_ms: Millis,
+    },
+    /// Back to pending, to be tried again no earlier than `next_attempt_at_ms`.
+    Retry {
+        seq: i64,
+        next_attempt_at_ms: Millis,
+        error: String,
+    },
+}
+
+/// Delivery status of one notice to one recipient, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientDelivery {
+    pub seq: i64,
+    pub recipient: String,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub next_attempt_at_ms: Millis,
+    pub last_error: Option<String>,
+    pub finished_at_ms: Option<Millis>,
+    pub receipt: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeDelivery {
+    pub notice_id: String,
+    pub created_at_ms: Millis,
+    pub recipients: Vec<RecipientDelivery>,
+}
+
+/// A notice a peer sent us, checked and about to be stored.
+#[derive(Debug, Clone)]
+pub struct IncomingNotice {
+    pub sender: String,
+    pub notice_id: String,
+    pub envelope: Vec<u8>,
+    pub received_at_ms: Millis,
+    /// The encoded `tvaers.v1.Receipt` to store and answer with.
+    pub receipt: Vec<u8>,
+}
+
+/// What [`Store::accept_inbox`] did with one [`IncomingNotice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptOutcome {
+    pub cursor: u64,
+    /// False when (sender, notice id) was stored before.
+    pub newly_stored: bool,
+    /// The receipt stored with the first copy: answer a duplicate with it.
+    pub receipt: Vec<u8>,
+}
+
+/// One item of the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRecord {
+    pub cursor: u64,
+    pub sender: String,
+    pub notice_id: String,
+    pub envelope: Vec<u8>,
+    pub received_at_ms: Millis,
+    pub acked_at_ms: Option<Millis>,
+}
+
+/// Counts for health output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub outbox_pending: u64,
+    pub outbox_delivered: u64,
+    pub outbox_failed: u64,
+    pub inbox_total: u64,
+    pub inbox_unacked: u64,
+}
+
+/// Durable storage for one organisation. Every write is committed (and, on
+/// SQLite, fsynced) before the method returns.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores notices and their outbox rows in one transaction, deduplicated
+    /// by idempotency key. Returns one outcome per input, in order.
+    async fn submit(&self, batch: Vec<NewNotice>) -> Result<Vec<SubmitOutcome>, StoreError>;
+
+    /// Outbox rows to `recipient` that still need delivery (pending or in
+    /// flight), in `seq` order.
+    async fn undelivered(&self, recipient: &str) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Applies delivery decisions in one transaction.
+    async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError>;
+
+    /// The delivery status of a notice, or `None` when no such notice exists.
+    async fn delivery(&self, notice_id: &str) -> Result<Option<NoticeDelivery>, StoreError>;
+
+    /// Stores incoming notices in one transaction, unique on
+    /// (sender, notice id). Returns one outcome per input, in order.
+    async fn accept_inbox(
+        &self,
+        batch: Vec<IncomingNotice>,
+    ) -> Result<Vec<AcceptOutcome>, StoreError>;
+
+    /// Inbox items with a cursor greater than `after_cursor`, oldest first.
+    async fn inbox_after(
+        &self,
+        after_cursor: u64,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// Marks an inbox item acknowledged. Returns false if it already was.
+    async fn ack_inbox(&self, cursor: u64, at_ms: Millis) -> Result<bool, StoreError>;
+
+    /// Counts for status output.
+    async fn counts(&self) -> Result<StoreCounts, StoreError>;
+
+    /// Waits for in-progress writes and closes the connections.
+    async fn close(&self);
+}

@@ -1,0 +1,907 @@
+//! The behaviour every [`Store`] backend must show, written against the trait
+//! only so each backend runs the same cases.
+//!
+//! Each case is an `async fn` taking a fresh, empty store. A backend runs
+//! them all with [`store_suite!`], given an expression that yields
+//! `(guard, store)`: the guard (a temporary directory, a test database…)
+//! lives until the case ends.
+//!
+//! ```ignore
+//! #[cfg(test)]
+//! mod tests {
+//!     crate::store::suite::store_suite!(fresh_store());
+//! }
+//! ```
+#![allow(clippy::unwrap_used)]
+
+use super::{
+    IncomingNotice, NewNotice, NewOutboxItem, OutboxState, OutboxUpdate, Store, StoreCounts,
+    StoreError, SubmitOutcome,
+};
+use crate::Millis;
+
+/// `created_at_ms` of every notice built by [`notice`].
+pub(crate) const CREATED_AT: Millis = 1_000;
+/// `expires_at_ms` of every notice built by [`notice`].
+pub(crate) const EXPIRES_AT: Millis = CREATED_AT + 86_400_000;
+/// `received_at_ms` of every item built by [`incoming`].
+pub(crate) const RECEIVED_AT: Millis = 5_000;
+
+/// The envelope [`notice`] gives `recipient`.
+pub(crate) fn envelope(notice_id: &str, recipient: &str) -> Vec<u8> {
+    format!("envelope {notice_id} for {recipient}").into_bytes()
+}
+
+/// The request digest [`notice`] gives a key: the same key, the same digest.
+pub(crate) fn digest(key: &str) -> Vec<u8> {
+    format!("digest of {key}").into_bytes()
+}
+
+/// A notice to `recipients`, in that order.
+pub(crate) fn notice(notice_id: &str, key: &str, recipients: &[&str]) -> NewNotice {
+    NewNotice {
+        notice_id: notice_id.to_owned(),
+        idempotency_key: key.to_owned(),
+        request_digest: digest(key),
+        created_at_ms: CREATED_AT,
+        expires_at_ms: EXPIRES_AT,
+        recipients: recipients
+            .iter()
+            .map(|recipient| NewOutboxItem {
+                recipient: (*recipient).to_owned(),
+                envelope: envelope(notice_id, recipient),
+            })
+            .collect(),
+    }
+}
+
+/// The same as [`notice`] with a different request under the same key.
+pub(crate) fn altered(notice_id: &str, key: &str, recipients: &[&str]) -> NewNotice {
+    let mut notice = notice(notice_id, key, recipients);
+    notice.request_digest = b"a different request".to_vec();
+    notice
+}
+
+/// The envelope [`incoming`] gives an item.
+pub(crate) fn incoming_envelope(sender: &str, notice_id: &str) -> Vec<u8> {
+    format!("envelope {notice_id} from {sender}").into_bytes()
+}
+
+/// A notice `sender` sent us, to be answered with `receipt`.
+pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> IncomingNotice {
+    IncomingNotice {
+        sender: sender.to_owned(),
+        notice_id: notice_id.to_owned(),
+        envelope: incoming_envelope(sender, notice_id),
+        received_at_ms: RECEIVED_AT,
+        receipt: receipt.to_vec(),
+    }
+}
+
+/// The outbox seqs of a [`SubmitOutcome::Stored`]; panics on anything else.
+pub(crate) fn stored_seqs(outcome: &SubmitOutcome) -> Vec<i64> {
+    match outcome {
+        SubmitOutcome::Stored { outbox_seqs } => outbox_seqs.clone(),
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+async fn submit_one(store: &dyn Store, notice: NewNotice) -> SubmitOutcome {
+    let mut outcomes = store.submit(vec![notice]).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    outcomes.remove(0)
+}
+
+async fn seqs_of(store: &dyn Store, recipient: &str) -> Vec<i64> {
+    store
+        .undelivered(recipient)
+        .await
+        .unwrap()
+        .iter()
+        .map(|item| item.seq)
+        .collect()
+}
+
+async fn state_of(store: &dyn Store, notice_id: &str, seq: i64) -> super::RecipientDelivery {
+    let delivery = store.delivery(notice_id).await.unwrap().unwrap();
+    delivery
+        .recipients
+        .into_iter()
+        .find(|row| row.seq == seq)
+        .unwrap()
+}
+
+fn assert_increasing(seqs: &[i64]) {
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]),
+        "not increasing: {seqs:?}"
+    );
+}
+
+/// A stored notice has one pending outbox row per recipient, in the order
+/// given, each carrying its own envelope.
+pub(crate) async fn submit_stores_notice_and_outbox_rows(store: &dyn Store) {
+    let outcome = submit_one(store, notice("n-1", "key-1", &["org-c", "org-a", "org-b"])).await;
+    let seqs = stored_seqs(&outcome);
+    assert_eq!(seqs.len(), 3);
+    assert_increasing(&seqs);
+
+    let delivery = store.delivery("n-1").await.unwrap().unwrap();
+    assert_eq!(delivery.notice_id, "n-1");
+    assert_eq!(delivery.created_at_ms, CREATED_AT);
+    let recipients: Vec<&str> = delivery
+        .recipients
+        .iter()
+        .map(|row| row.recipient.as_str())
+        .collect();
+    assert_eq!(recipients, ["org-c", "org-a", "org-b"]);
+    for (row, seq) in delivery.recipients.iter().zip(&seqs) {
+        assert_eq!(row.seq, *seq);
+        assert_eq!(row.state, OutboxState::Pending);
+        assert_eq!(row.attempts, 0);
+        assert_eq!(row.next_attempt_at_ms, CREATED_AT);
+        assert_eq!(row.last_error, None);
+        assert_eq!(row.finished_at_ms, None);
+        assert_eq!(row.receipt, None);
+    }
+
+    let items = store.undelivered("org-a").await.unwrap();
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    assert_eq!(item.seq, seqs[1]);
+    assert_eq!(item.notice_id, "n-1");
+    assert_eq!(item.recipient, "org-a");
+    assert_eq!(item.envelope, envelope("n-1", "org-a"));
+    assert_eq!(item.state, OutboxState::Pending);
+    assert_eq!(item.attempts, 0);
+    assert_eq!(item.next_attempt_at_ms, CREATED_AT);
+    assert_eq!(item.expires_at_ms, EXPIRES_AT);
+    assert_eq!(item.last_error, None);
+
+    // A notice without recipients is stored with no outbox rows.
+    let outcome = submit_one(store, notice("n-2", "key-2", &[])).await;
+    assert_eq!(stored_seqs(&outcome), Vec::<i64>::new());
+    let delivery = store.delivery("n-2").await.unwrap().unwrap();
+    assert!(delivery.recipients.is_empty());
+
+    // An empty batch is answered with no outcomes.
+    assert!(store.submit(Vec::new()).await.unwrap().is_empty());
+}
+
+/// The same key with the same digest is an honest retry: the original id
+/// comes back and nothing new is written.
+pub(crate) async fn submit_same_key_same_digest_is_duplicate(store: &dyn Store) {
+    let first = submit_one(store, notice("n-1", "key-1", &["org-b"])).await;
+    let seqs = stored_seqs(&first);
+
+    let again = submit_one(store, notice("n-retry", "key-1", &["org-b", "org-c"])).await;
+    assert_eq!(
+        again,
+        SubmitOutcome::Duplicate {
+            notice_id: "n-1".to_owned()
+        }
+    );
+    assert_eq!(seqs_of(store, "org-b").await, seqs);
+    assert!(store.undelivered("org-c").await.unwrap().is_empty());
+    assert!(store.delivery("n-retry").await.unwrap().is_none());
+    assert_eq!(store.counts().await.unwrap().outbox_pending, 1);
+}
+
+/// The same key with a different request is refused, naming the notice
+/// that holds the key.
+pub(crate) async fn submit_same_key_other_digest_is_key_reused(store: &dyn Store) {
+    let first = submit_one(store, notice("n-1", "key-1", &["org-b"])).await;
+    let seqs = stored_seqs(&first);
+
+    let reused = submit_one(store, altered("n-2", "key-1", &["org-b"])).await;
+    assert_eq!(
+        reused,
+        SubmitOutcome::KeyReused {
+            notice_id: "n-1".to_owned()
+        }
+    );
+    assert_eq!(seqs_of(store, "org-b").await, seqs);
+    assert!(store.delivery("n-2").await.unwrap().is_none());
+}
+
+/// Within one batch the first notice with a key is stored and later ones
+/// are answered against it; outcomes follow the input order, and seqs follow
+/// submission order.
+pub(crate) async fn submit_duplicates_inside_one_batch(store: &dyn Store) {
+    let outcomes = store
+        .submit(vec![
+            notice("n-a", "key-1", &["org-b", "org-c"]),
+            notice("n-b", "key-1", &["org-b"]),
+            altered("n-c", "key-1", &["org-b"]),
+            notice("n-d", "key-2", &["org-b"]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 4);
+    let seqs_a = stored_seqs(&outcomes[0]);
+    assert_eq!(
+        outcomes[1],
+        SubmitOutcome::Duplicate {
+            notice_id: "n-a".to_owned()
+        }
+    );
+    assert_eq!(
+        outcomes[2],
+        SubmitOutcome::KeyReused {
+            notice_id: "n-a".to_owned()
+        }
+    );
+    let seqs_d = stored_seqs(&outcomes[3]);
+    assert_eq!(seqs_a.len(), 2);
+    assert_eq!(seqs_d.len(), 1);
+    assert!(seqs_a[1] < seqs_d[0]);
+    assert_eq!(seqs_of(store, "org-b").await, vec![seqs_a[0], seqs_d[0]]);
+    assert!(store.delivery("n-b").await.unwrap().is_none());
+    assert!(store.delivery("n-c").await.unwrap().is_none());
+
+    // A later batch mixing stored keys, a new key and its own repeat.
+    let outcomes = store
+        .submit(vec![
+            altered("n-e", "key-2", &["org-b"]),
+            notice("n-f", "key-3", &["org-b"]),
+            notice("n-g", "key-1", &["org-b"]),
+            altered("n-h", "key-3", &["org-b"]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes[0],
+        SubmitOutcome::KeyReused {
+            notice_id: "n-d".to_owned()
+        }
+    );
+    let seqs_f = stored_seqs(&outcomes[1]);
+    assert!(seqs_f[0] > seqs_d[0]);
+    assert_eq!(
+        outcomes[2],
+        SubmitOutcome::Duplicate {
+            notice_id: "n-a".to_owned()
+        }
+    );
+    assert_eq!(
+        outcomes[3],
+        SubmitOutcome::KeyReused {
+            notice_id: "n-f".to_owned()
+        }
+    );
+    assert_eq!(store.counts().await.unwrap().outbox_pending, 4);
+}
+
+/// `undelivered` lists one recipient's pending and in-flight rows by seq,
+/// across notices, and drops rows once they are delivered or failed.
+pub(crate) async fn undelivered_filters_by_recipient_in_seq_order(store: &dyn Store) {
+    let one = stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b", "org-c"])).await);
+    let two = stored_seqs(&submit_one(store, notice("n-2", "key-2", &["org-c"])).await);
+    let three = stored_seqs(&submit_one(store, notice("n-3", "key-3", &["org-b"])).await);
+    let four = stored_seqs(&submit_one(store, notice("n-4", "key-4", &["org-c", "org-b"])).await);
+
+    assert_eq!(seqs_of(store, "org-b").await, vec![one[0], three[0], four[1]]);
+    assert_eq!(seqs_of(store, "org-c").await, vec![one[1], two[0], four[0]]);
+    assert!(store.undelivered("org-unknown").await.unwrap().is_empty());
+
+    let items = store.undelivered("org-c").await.unwrap();
+    let ids: Vec<&str> = items.iter().map(|item| item.notice_id.as_str()).collect();
+    assert_eq!(ids, ["n-1", "n-2", "n-4"]);
+    assert!(items.iter().all(|item| item.recipient == "org-c"));
+
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: three[0],
+                attempts: 1,
+            },
+            OutboxUpdate::Delivered {
+                seq: one[0],
+                receipt: b"receipt".to_vec(),
+                at_ms: 2_000,
+            },
+            OutboxUpdate::Failed {
+                seq: four[1],
+                reason: "expired".to_owned(),
+                receipt: None,
+                at_ms: 2_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let items = store.undelivered("org-b").await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].seq, three[0]);
+    assert_eq!(items[0].state, OutboxState::InFlight);
+    assert_eq!(items[0].attempts, 1);
+    assert_eq!(seqs_of(store, "org-c").await, vec![one[1], two[0], four[0]]);
+}
+
+/// Each kind of update moves a row as the delivery machine decided.
+pub(crate) async fn update_outbox_transitions(store: &dyn Store) {
+    let seqs = stored_seqs(
+        &submit_one(store, notice("n-1", "key-1", &["org-b", "org-c", "org-d"])).await,
+    );
+    let (b, c, d) = (seqs[0], seqs[1], seqs[2]);
+
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: b,
+                attempts: 1,
+            },
+            OutboxUpdate::InFlight {
+                seq: c,
+                attempts: 1,
+            },
+            OutboxUpdate::InFlight {
+                seq: d,
+                attempts: 3,
+            },
+        ])
+        .await
+        .unwrap();
+    for (seq, attempts) in [(b, 1), (c, 1), (d, 3)] {
+        let row = state_of(store, "n-1", seq).await;
+        assert_eq!(row.state, OutboxState::InFlight);
+        assert_eq!(row.attempts, attempts);
+        assert_eq!(row.finished_at_ms, None);
+    }
+
+    store
+        .update_outbox(vec![OutboxUpdate::Retry {
+            seq: b,
+            next_attempt_at_ms: 9_000,
+            error: "connection refused".to_owned(),
+        }])
+        .await
+        .unwrap();
+    let row = state_of(store, "n-1", b).await;
+    assert_eq!(row.state, OutboxState::Pending);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.next_attempt_at_ms, 9_000);
+    assert_eq!(row.last_error.as_deref(), Some("connection refused"));
+    let item = store.undelivered("org-b").await.unwrap().remove(0);
+    assert_eq!(item.state, OutboxState::Pending);
+    assert_eq!(item.next_attempt_at_ms, 9_000);
+    assert_eq!(item.last_error.as_deref(), Some("connection refused"));
+
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: b,
+                attempts: 2,
+            },
+            OutboxUpdate::Delivered {
+                seq: c,
+                receipt: b"receipt c".to_vec(),
+                at_ms: 10_000,
+            },
+            OutboxUpdate::Failed {
+                seq: d,
+                reason: "rejected: KIND_NOT_ALLOWED".to_owned(),
+                receipt: Some(b"rejection d".to_vec()),
+                at_ms: 11_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let row = state_of(store, "n-1", b).await;
+    assert_eq!(row.state, OutboxState::InFlight);
+    assert_eq!(row.attempts, 2);
+    let row = state_of(store, "n-1", c).await;
+    assert_eq!(row.state, OutboxState::Delivered);
+    assert_eq!(row.receipt.as_deref(), Some(&b"receipt c"[..]));
+    assert_eq!(row.finished_at_ms, Some(10_000));
+    assert_eq!(row.attempts, 1);
+    let row = state_of(store, "n-1", d).await;
+    assert_eq!(row.state, OutboxState::Failed);
+    assert_eq!(row.last_error.as_deref(), Some("rejected: KIND_NOT_ALLOWED"));
+    assert_eq!(row.receipt.as_deref(), Some(&b"rejection d"[..]));
+    assert_eq!(row.finished_at_ms, Some(11_000));
+
+    // Failing without a receipt (e.g. expired before any answer).
+    store
+        .update_outbox(vec![OutboxUpdate::Failed {
+            seq: b,
+            reason: "expired".to_owned(),
+            receipt: None,
+            at_ms: 12_000,
+        }])
+        .await
+        .unwrap();
+    let row = state_of(store, "n-1", b).await;
+    assert_eq!(row.state, OutboxState::Failed);
+    assert_eq!(row.last_error.as_deref(), Some("expired"));
+    assert_eq!(row.receipt, None);
+    assert_eq!(row.finished_at_ms, Some(12_000));
+
+    // Updates to rows that do not exist change nothing and do not fail.
+    store
+        .update_outbox(vec![OutboxUpdate::InFlight {
+            seq: d + 1_000,
+            attempts: 1,
+        }])
+        .await
+        .unwrap();
+    store.update_outbox(Vec::new()).await.unwrap();
+}
+
+/// Delivered and failed are final: no later update moves a row out of them.
+pub(crate) async fn finished_rows_are_not_changed_back(store: &dyn Store) {
+    let seqs = stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b", "org-c"])).await);
+    let (delivered, failed) = (seqs[0], seqs[1]);
+    store
+        .update_outbox(vec![
+            OutboxUpdate::Delivered {
+                seq: delivered,
+                receipt: b"receipt".to_vec(),
+                at_ms: 2_000,
+            },
+            OutboxUpdate::Failed {
+                seq: failed,
+                reason: "expired".to_owned(),
+                receipt: None,
+                at_ms: 3_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let before = store.delivery("n-1").await.unwrap().unwrap();
+
+    for seq in [delivered, failed] {
+        store
+            .update_outbox(vec![
+                OutboxUpdate::InFlight { seq, attempts: 7 },
+                OutboxUpdate::Retry {
+                    seq,
+                    next_attempt_at_ms: 99_000,
+                    error: "late".to_owned(),
+                },
+                OutboxUpdate::Delivered {
+                    seq,
+                    receipt: b"late receipt".to_vec(),
+                    at_ms: 99_000,
+                },
+                OutboxUpdate::Failed {
+                    seq,
+                    reason: "late".to_owned(),
+                    receipt: Some(b"late".to_vec()),
+                    at_ms: 99_000,
+                },
+            ])
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.delivery("n-1").await.unwrap().unwrap(), before);
+    assert!(store.undelivered("org-b").await.unwrap().is_empty());
+    assert!(store.undelivered("org-c").await.unwrap().is_empty());
+}
+
+/// Several updates to one row inside one batch apply in the order given.
+pub(crate) async fn update_outbox_applies_a_batch_in_order(store: &dyn Store) {
+    let seqs = stored_seqs(
+        &submit_one(store, notice("n-1", "key-1", &["org-b", "org-c", "org-d"])).await,
+    );
+    let (b, c, d) = (seqs[0], seqs[1], seqs[2]);
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: b,
+                attempts: 1,
+            },
+            OutboxUpdate::InFlight {
+                seq: c,
+                attempts: 1,
+            },
+            OutboxUpdate::Retry {
+                seq: b,
+                next_attempt_at_ms: 5_000,
+                error: "timeout".to_owned(),
+            },
+            OutboxUpdate::InFlight {
+                seq: b,
+                attempts: 2,
+            },
+            OutboxUpdate::Delivered {
+                seq: c,
+                receipt: b"receipt c".to_vec(),
+                at_ms: 6_000,
+            },
+            OutboxUpdate::Retry {
+                seq: c,
+                next_attempt_at_ms: 7_000,
+                error: "too late".to_owned(),
+            },
+            OutboxUpdate::InFlight {
+                seq: d,
+                attempts: 1,
+            },
+            OutboxUpdate::Retry {
+                seq: d,
+                next_attempt_at_ms: 8_000,
+                error: "reset".to_owned(),
+            },
+        ])
+        .await
+        .unwrap();
+
+    let row = state_of(store, "n-1", b).await;
+    assert_eq!(row.state, OutboxState::InFlight);
+    assert_eq!(row.attempts, 2);
+    assert_eq!(row.next_attempt_at_ms, 5_000);
+    assert_eq!(row.last_error.as_deref(), Some("timeout"));
+    let row = state_of(store, "n-1", c).await;
+    assert_eq!(row.state, OutboxState::Delivered);
+    assert_eq!(row.finished_at_ms, Some(6_000));
+    let row = state_of(store, "n-1", d).await;
+    assert_eq!(row.state, OutboxState::Pending);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.next_attempt_at_ms, 8_000);
+}
+
+/// `delivery` reports each recipient of a notice, and `None` for an
+/// unknown notice.
+pub(crate) async fn delivery_reports_status(store: &dyn Store) {
+    assert!(store.delivery("n-unknown").await.unwrap().is_none());
+    let seqs = stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b", "org-c"])).await);
+    submit_one(store, notice("n-2", "key-2", &["org-b"])).await;
+    store
+        .update_outbox(vec![OutboxUpdate::Delivered {
+            seq: seqs[1],
+            receipt: b"receipt c".to_vec(),
+            at_ms: 4_000,
+        }])
+        .await
+        .unwrap();
+    let delivery = store.delivery("n-1").await.unwrap().unwrap();
+    assert_eq!(delivery.notice_id, "n-1");
+    assert_eq!(delivery.recipients.len(), 2);
+    assert_eq!(delivery.recipients[0].recipient, "org-b");
+    assert_eq!(delivery.recipients[0].state, OutboxState::Pending);
+    assert_eq!(delivery.recipients[1].recipient, "org-c");
+    assert_eq!(delivery.recipients[1].state, OutboxState::Delivered);
+    assert_eq!(delivery.recipients[1].finished_at_ms, Some(4_000));
+    assert!(store.delivery("n-unknown").await.unwrap().is_none());
+}
+
+/// One row per (sender, notice id): a resend gets the first copy's cursor
+/// and receipt; the same notice id from another sender is another item.
+pub(crate) async fn accept_inbox_dedups_by_sender_and_notice_id(store: &dyn Store) {
+    let first = store
+        .accept_inbox(vec![incoming("org-a", "n-1", b"receipt 1")])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].newly_stored);
+    assert_eq!(first[0].receipt, b"receipt 1");
+
+    let resent = store
+        .accept_inbox(vec![incoming("org-a", "n-1", b"receipt 2")])
+        .await
+        .unwrap();
+    assert_eq!(resent[0].cursor, first[0].cursor);
+    assert!(!resent[0].newly_stored);
+    assert_eq!(resent[0].receipt, b"receipt 1");
+
+    let other = store
+        .accept_inbox(vec![incoming("org-b", "n-1", b"receipt 3")])
+        .await
+        .unwrap();
+    assert!(other[0].newly_stored);
+    assert!(other[0].cursor > first[0].cursor);
+    assert_eq!(other[0].receipt, b"receipt 3");
+
+    let items = store.inbox_after(0, 10, false).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].cursor, first[0].cursor);
+    assert_eq!(items[0].sender, "org-a");
+    assert_eq!(items[0].notice_id, "n-1");
+    assert_eq!(items[0].envelope, incoming_envelope("org-a", "n-1"));
+    assert_eq!(items[0].received_at_ms, RECEIVED_AT);
+    assert_eq!(items[0].acked_at_ms, None);
+    assert_eq!(items[1].sender, "org-b");
+    assert_eq!(store.counts().await.unwrap().inbox_total, 2);
+    assert!(store.accept_inbox(Vec::new()).await.unwrap().is_empty());
+}
+
+/// Copies inside one batch are deduplicated against each other and against
+/// what was stored before; outcomes follow the input order.
+pub(crate) async fn accept_inbox_dedups_inside_one_batch(store: &dyn Store) {
+    let outcomes = store
+        .accept_inbox(vec![
+            incoming("org-a", "n-1", b"r1"),
+            incoming("org-a", "n-1", b"r2"),
+            incoming("org-b", "n-1", b"r3"),
+            incoming("org-a", "n-2", b"r4"),
+        ])
+        .await
+        .unwrap();
+    let flags: Vec<bool> = outcomes.iter().map(|o| o.newly_stored).collect();
+    assert_eq!(flags, [true, false, true, true]);
+    assert_eq!(outcomes[1].cursor, outcomes[0].cursor);
+    assert_eq!(outcomes[1].receipt, b"r1");
+    assert!(outcomes[0].cursor < outcomes[2].cursor);
+    assert!(outcomes[2].cursor < outcomes[3].cursor);
+    let receipts: Vec<&[u8]> = outcomes.iter().map(|o| o.receipt.as_slice()).collect();
+    assert_eq!(receipts, [&b"r1"[..], b"r1", b"r3", b"r4"]);
+
+    let later = store
+        .accept_inbox(vec![
+            incoming("org-a", "n-3", b"r5"),
+            incoming("org-b", "n-1", b"r6"),
+            incoming("org-a", "n-3", b"r7"),
+        ])
+        .await
+        .unwrap();
+    assert!(later[0].newly_stored);
+    assert!(later[0].cursor > outcomes[3].cursor);
+    assert_eq!(later[0].receipt, b"r5");
+    assert!(!later[1].newly_stored);
+    assert_eq!(later[1].cursor, outcomes[2].cursor);
+    assert_eq!(later[1].receipt, b"r3");
+    assert!(!later[2].newly_stored);
+    assert_eq!(later[2].cursor, later[0].cursor);
+    assert_eq!(later[2].receipt, b"r5");
+    assert_eq!(store.counts().await.unwrap().inbox_total, 4);
+}
+
+/// `inbox_after` pages by cursor and limit, oldest first, and can skip
+/// acknowledged items.
+pub(crate) async fn inbox_after_pages_and_filters(store: &dyn Store) {
+    let batch = (1..=5)
+        .map(|n| incoming("org-a", &format!("n-{n}"), b"r"))
+        .collect();
+    let cursors: Vec<u64> = store
+        .accept_inbox(batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.cursor)
+        .collect();
+
+    let page = |items: Vec<super::InboxRecord>| -> Vec<u64> {
+        items.iter().map(|item| item.cursor).collect()
+    };
+    assert_eq!(
+        page(store.inbox_after(0, 2, false).await.unwrap()),
+        cursors[..2]
+    );
+    assert_eq!(
+        page(store.inbox_after(cursors[1], 2, false).await.unwrap()),
+        cursors[2..4]
+    );
+    assert_eq!(
+        page(store.inbox_after(cursors[3], 2, false).await.unwrap()),
+        cursors[4..]
+    );
+    assert!(
+        store
+            .inbox_after(cursors[4], 2, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.inbox_after(0, 0, false).await.unwrap().is_empty());
+    assert!(
+        store
+            .inbox_after(u64::MAX, 10, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(store.ack_inbox(cursors[1], 7_000).await.unwrap());
+    assert!(store.ack_inbox(cursors[3], 8_000).await.unwrap());
+    assert_eq!(
+        page(store.inbox_after(0, 10, true).await.unwrap()),
+        vec![cursors[0], cursors[2], cursors[4]]
+    );
+    assert_eq!(
+        page(store.inbox_after(cursors[0], 1, true).await.unwrap()),
+        vec![cursors[2]]
+    );
+    let all = store.inbox_after(0, 10, false).await.unwrap();
+    assert_eq!(page(all.clone()), cursors);
+    let acked: Vec<Option<Millis>> = all.iter().map(|item| item.acked_at_ms).collect();
+    assert_eq!(acked, [None, Some(7_000), None, Some(8_000), None]);
+    let ids: Vec<&str> = all.iter().map(|item| item.notice_id.as_str()).collect();
+    assert_eq!(ids, ["n-1", "n-2", "n-3", "n-4", "n-5"]);
+}
+
+/// Acknowledging twice: true, then false, keeping the first time.
+pub(crate) async fn ack_inbox_twice(store: &dyn Store) {
+    let cursor = store
+        .accept_inbox(vec![incoming("org-a", "n-1", b"r")])
+        .await
+        .unwrap()[0]
+        .cursor;
+    assert!(store.ack_inbox(cursor, 7_000).await.unwrap());
+    assert!(!store.ack_inbox(cursor, 9_000).await.unwrap());
+    let items = store.inbox_after(0, 10, false).await.unwrap();
+    assert_eq!(items[0].acked_at_ms, Some(7_000));
+}
+
+/// Acknowledging a cursor that names no item is an error naming it.
+pub(crate) async fn ack_unknown_cursor_is_an_error(store: &dyn Store) {
+    let cursor = store
+        .accept_inbox(vec![incoming("org-a", "n-1", b"r")])
+        .await
+        .unwrap()[0]
+        .cursor;
+    for unknown in [cursor + 1, 0, u64::MAX] {
+        match store.ack_inbox(unknown, 7_000).await {
+            Err(StoreError::NoSuchInboxItem(reported)) => assert_eq!(reported, unknown),
+            other => panic!("expected NoSuchInboxItem({unknown}), got {other:?}"),
+        }
+    }
+}
+
+/// Counts of outbox rows by state (in flight counts as pending) and of
+/// inbox items.
+pub(crate) async fn counts_reflect_states(store: &dyn Store) {
+    assert_eq!(store.counts().await.unwrap(), StoreCounts::default());
+    let one = stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b", "org-c"])).await);
+    let two = stored_seqs(&submit_one(store, notice("n-2", "key-2", &["org-b", "org-c"])).await);
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: one[0],
+                attempts: 1,
+            },
+            OutboxUpdate::Delivered {
+                seq: one[1],
+                receipt: b"r".to_vec(),
+                at_ms: 2_000,
+            },
+            OutboxUpdate::Failed {
+                seq: two[0],
+                reason: "expired".to_owned(),
+                receipt: None,
+                at_ms: 2_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let accepted = store
+        .accept_inbox(vec![
+            incoming("org-a", "n-1", b"r"),
+            incoming("org-a", "n-2", b"r"),
+            incoming("org-a", "n-3", b"r"),
+        ])
+        .await
+        .unwrap();
+    store.ack_inbox(accepted[1].cursor, 3_000).await.unwrap();
+    assert_eq!(
+        store.counts().await.unwrap(),
+        StoreCounts {
+            outbox_pending: 2,
+            outbox_delivered: 1,
+            outbox_failed: 1,
+            inbox_total: 3,
+            inbox_unacked: 2,
+        }
+    );
+}
+
+/// Batches far larger than one statement can bind work through every write
+/// method.
+pub(crate) async fn large_batches(store: &dyn Store) {
+    const N: usize = 1_000;
+    let batch: Vec<NewNotice> = (0..N)
+        .map(|n| notice(&format!("n-{n}"), &format!("key-{n}"), &["org-b", "org-c"]))
+        .collect();
+    let outcomes = store.submit(batch.clone()).await.unwrap();
+    assert_eq!(outcomes.len(), N);
+    let seqs: Vec<i64> = outcomes.iter().flat_map(stored_seqs).collect();
+    assert_eq!(seqs.len(), 2 * N);
+    assert_increasing(&seqs);
+
+    let to_b = store.undelivered("org-b").await.unwrap();
+    assert_eq!(to_b.len(), N);
+    assert_eq!(to_b[N - 1].notice_id, format!("n-{}", N - 1));
+    assert_eq!(to_b[N - 1].envelope, envelope(&format!("n-{}", N - 1), "org-b"));
+
+    // The whole batch again: every notice is a duplicate of itself.
+    let again = store.submit(batch).await.unwrap();
+    assert!(again.iter().enumerate().all(|(n, outcome)| {
+        *outcome
+            == SubmitOutcome::Duplicate {
+                notice_id: format!("n-{n}"),
+            }
+    }));
+
+    // Every kind of update over every row, with varying attempt counts.
+    let updates: Vec<OutboxUpdate> = seqs
+        .iter()
+        .enumerate()
+        .map(|(n, &seq)| match n % 4 {
+            0 => OutboxUpdate::InFlight {
+                seq,
+                attempts: u32::try_from(n % 7).unwrap() + 1,
+            },
+            1 => OutboxUpdate::Delivered {
+                seq,
+                receipt: format!("receipt {n}").into_bytes(),
+                at_ms: 2_000,
+            },
+            2 => OutboxUpdate::Failed {
+                seq,
+                reason: format!("reason {n}"),
+                receipt: None,
+                at_ms: 2_000,
+            },
+            _ => OutboxUpdate::Retry {
+                seq,
+                next_attempt_at_ms: 3_000,
+                error: format!("error {n}"),
+            },
+        })
+        .collect();
+    store.update_outbox(updates).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.outbox_pending, 1_000);
+    assert_eq!(counts.outbox_delivered, 500);
+    assert_eq!(counts.outbox_failed, 500);
+    let row = state_of(store, "n-0", seqs[1]).await;
+    assert_eq!(row.receipt.as_deref(), Some(&b"receipt 1"[..]));
+    let row = state_of(store, "n-8", seqs[16]).await;
+    assert_eq!(row.state, OutboxState::InFlight);
+    assert_eq!(row.attempts, 16 % 7 + 1);
+
+    let inbox: Vec<IncomingNotice> = (0..N)
+        .map(|n| incoming("org-a", &format!("n-{n}"), format!("r{n}").as_bytes()))
+        .collect();
+    let accepted = store.accept_inbox(inbox.clone()).await.unwrap();
+    assert!(accepted.iter().all(|o| o.newly_stored));
+    let cursors: Vec<u64> = accepted.iter().map(|o| o.cursor).collect();
+    assert!(cursors.windows(2).all(|pair| pair[0] < pair[1]));
+    let resent = store.accept_inbox(inbox).await.unwrap();
+    for (n, (first, again)) in accepted.iter().zip(&resent).enumerate() {
+        assert!(!again.newly_stored);
+        assert_eq!(again.cursor, first.cursor);
+        assert_eq!(again.receipt, format!("r{n}").into_bytes());
+    }
+    assert_eq!(store.counts().await.unwrap().inbox_total, 1_000);
+}
+
+/// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
+/// expression (evaluated afresh for each test) that awaits to
+/// `(guard, store)`; the store must be empty.
+macro_rules! store_suite {
+    ($make:expr) => {
+        $crate::store::suite::store_suite!(@cases $make;
+            submit_stores_notice_and_outbox_rows,
+            submit_same_key_same_digest_is_duplicate,
+            submit_same_key_other_digest_is_key_reused,
+            submit_duplicates_inside_one_batch,
+            undelivered_filters_by_recipient_in_seq_order,
+            update_outbox_transitions,
+            finished_rows_are_not_changed_back,
+            update_outbox_applies_a_batch_in_order,
+            delivery_reports_status,
+            accept_inbox_dedups_by_sender_and_notice_id,
+            accept_inbox_dedups_inside_one_batch,
+            inbox_after_pages_and_filters,
+            ack_inbox_twice,
+            ack_unknown_cursor_is_an_error,
+            counts_reflect_states,
+            large_batches,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        mod shared_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_guard, store) = $make.await;
+                    $crate::store::suite::$case(&store).await;
+                    $crate::store::Store::close(&store).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use store_suite;

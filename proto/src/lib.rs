@@ -1,0 +1,44 @@
+//! Wire schema v1 of tvaers and the rules every notice must satisfy.
+//!
+//! The types in [`v1`] are generated from `proto/tvaers/v1/*.proto` at build
+//! time. [`validate`] holds the checks a notice must pass before a daemon
+//! stores it (on submit) or accepts it (on receipt); [`cpr`] parses CPR
+//! numbers into a type that never prints its digits.
+#![forbid(unsafe_code)]
+
+pub mod cpr;
+pub mod validate;
+
+/// Generated types of package `tvaers.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("tvaers.v1");
+}
+
+impl std::fmt::Debug for v1::Notice {
+    /// Shows only the payload kind: the CPR number and the health details
+    /// must never reach a log line, an error or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notice")
+            .field("citizen_cpr", &"<redacted>")
+            .field("episode_id", &self.episode_id)
+            .field("kind", &self.kind_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl v1::Notice {
+    /// The payload kind as a stable lower-case name (`admission`, `discharge`,
+    /// `no_show`, `plan_change`, `correction`), or `none` when it is missing.
+    pub fn kind_name(&self) -> &'static str {
+        use v1::notice::Payload;
+        match &self.payload {
+            Some(Payload::Admission(_)) => "admission",
+            Some(Payload::Discharge(_)) => "discharge",
+            Some(Payload::NoShow(_)) => "no_show",
+            Some(Payload::PlanChange(_)) => "plan_change",
+            Some(Payload::Correction(_)) => "correction",
+            None => "none",
+        }
+    }
+}
