@@ -284,7 +284,10 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                ClientError::DaemonNotRunning { kind: std::io::ErrorKind::ConnectionRefused, .. }
+                ClientError::DaemonNotRunning {
+                    kind: std::io::ErrorKind::ConnectionRefused,
+                    ..
+                }
             ),
             "{err:?}"
         );
@@ -311,7 +314,9 @@ mod tests {
 
     #[tokio::test]
     async fn bad_address_is_refused() {
-        let err = Client::connect_tcp("http://exa mple:1").await.expect_err("bad uri");
+        let err = Client::connect_tcp("http://exa mple:1")
+            .await
+            .expect_err("bad uri");
         assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err:?}");
     }
 }

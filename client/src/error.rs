@@ -207,11 +207,17 @@ mod tests {
         ));
         assert!(matches!(
             map(tonic::Status::already_exists("key")),
-            ClientError::Conflict { code: tonic::Code::AlreadyExists, .. }
+            ClientError::Conflict {
+                code: tonic::Code::AlreadyExists,
+                ..
+            }
         ));
         assert!(matches!(
             map(tonic::Status::failed_precondition("key")),
-            ClientError::Conflict { code: tonic::Code::FailedPrecondition, .. }
+            ClientError::Conflict {
+                code: tonic::Code::FailedPrecondition,
+                ..
+            }
         ));
         assert!(matches!(
             map(tonic::Status::unavailable("gone")),
@@ -219,7 +225,10 @@ mod tests {
         ));
         assert!(matches!(
             map(tonic::Status::internal("disk")),
-            ClientError::Status { code: tonic::Code::Internal, .. }
+            ClientError::Status {
+                code: tonic::Code::Internal,
+                ..
+            }
         ));
     }
 

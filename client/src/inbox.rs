@@ -15,7 +15,7 @@ type OpenFuture =
 
 enum State {
     Opening(OpenFuture),
-    Open(tonic::Streaming<v1::InboxItem>),
+    Open(Box<tonic::Streaming<v1::InboxItem>>),
     Done,
 }
 
@@ -71,7 +71,7 @@ impl Stream for InboxStream {
         loop {
             match &mut this.state {
                 State::Opening(open) => match ready!(open.as_mut().poll(cx)) {
-                    Ok(streaming) => this.state = State::Open(streaming),
+                    Ok(streaming) => this.state = State::Open(Box::new(streaming)),
                     Err(status) => {
                         this.state = State::Done;
                         return Poll::Ready(Some(Err(ClientError::from_status(
@@ -81,17 +81,14 @@ impl Stream for InboxStream {
                     }
                 },
                 State::Open(streaming) => {
-                    return match ready!(Pin::new(streaming).poll_next(cx)) {
+                    return match ready!(Pin::new(streaming.as_mut()).poll_next(cx)) {
                         Some(Ok(item)) => {
                             this.last_cursor = item.cursor;
                             Poll::Ready(Some(Ok(item)))
                         }
                         Some(Err(status)) => {
                             this.state = State::Done;
-                            Poll::Ready(Some(Err(ClientError::from_status(
-                                status,
-                                &this.target,
-                            ))))
+                            Poll::Ready(Some(Err(ClientError::from_status(status, &this.target))))
                         }
                         None => {
                             this.state = State::Done;

@@ -176,7 +176,10 @@ mod tests {
         assert!(!status.all_delivered());
         assert_eq!(status.failed().count(), 1);
         let text = status.to_string();
-        assert!(text.starts_with("notice n1: 1 of 2 recipients delivered"), "{text}");
+        assert!(
+            text.starts_with("notice n1: 1 of 2 recipients delivered"),
+            "{text}"
+        );
     }
 
     #[test]

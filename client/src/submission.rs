@@ -216,7 +216,13 @@ mod tests {
         .map(|s| s.notice().kind_name());
         assert_eq!(
             kinds,
-            ["admission", "discharge", "no_show", "plan_change", "correction"]
+            [
+                "admission",
+                "discharge",
+                "no_show",
+                "plan_change",
+                "correction"
+            ]
         );
     }
 

@@ -16,6 +16,7 @@ use tvaers_proto::v1::local_api_server::{LocalApi, LocalApiServer};
 struct Fake {
     submits: Mutex<Vec<v1::SubmitRequest>>,
     status_calls: Mutex<u32>,
+    stuck: std::sync::atomic::AtomicBool,
     acked: Mutex<Vec<u64>>,
 }
 
@@ -33,15 +34,28 @@ fn item(cursor: u64) -> v1::InboxItem {
     }
 }
 
+/// What the server holds; the test keeps another handle to the same `Fake`.
+#[derive(Debug)]
+struct Service(Arc<Fake>);
+
+impl std::ops::Deref for Service {
+    type Target = Fake;
+    fn deref(&self) -> &Fake {
+        &self.0
+    }
+}
+
 #[tonic::async_trait]
-impl LocalApi for Arc<Fake> {
+impl LocalApi for Service {
     async fn submit(
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let request = request.into_inner();
         if request.recipients.is_empty() {
-            return Err(Status::invalid_argument("recipients: at least one is required"));
+            return Err(Status::invalid_argument(
+                "recipients: at least one is required",
+            ));
         }
         let mut submits = self.submits.lock().expect("lock");
         let duplicate = submits
@@ -76,7 +90,8 @@ impl LocalApi for Arc<Fake> {
         let mut calls = self.status_calls.lock().expect("lock");
         *calls += 1;
         // In flight for the first two polls, then delivered.
-        let state = if *calls >= 3 {
+        let stuck = self.stuck.load(std::sync::atomic::Ordering::Relaxed);
+        let state = if *calls >= 3 && !stuck {
             DeliveryState::Delivered
         } else {
             DeliveryState::InFlight
@@ -98,8 +113,15 @@ impl LocalApi for Arc<Fake> {
         request: Request<v1::ListInboxRequest>,
     ) -> Result<Response<v1::ListInboxResponse>, Status> {
         let r = request.into_inner();
-        let limit = if r.limit == 0 { 100 } else { u64::from(r.limit) };
-        let items = (r.after_cursor + 1..=5).take(limit as usize).map(item).collect();
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            u64::from(r.limit)
+        };
+        let items = (r.after_cursor + 1..=5)
+            .take(limit as usize)
+            .map(item)
+            .collect();
         Ok(Response::new(v1::ListInboxResponse { items }))
     }
 
@@ -112,7 +134,9 @@ impl LocalApi for Arc<Fake> {
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
         let after = request.into_inner().after_cursor;
         if after > 100 {
-            return Err(Status::failed_precondition("after_cursor: beyond the inbox"));
+            return Err(Status::failed_precondition(
+                "after_cursor: beyond the inbox",
+            ));
         }
         // Three items, then the daemon "goes away".
         let items = (after + 1..=after + 3)
@@ -160,7 +184,7 @@ async fn start() -> Running {
     let path = dir.join("local.sock");
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");
     let fake = Arc::new(Fake::default());
-    let service = LocalApiServer::new(Arc::clone(&fake));
+    let service = LocalApiServer::new(Service(Arc::clone(&fake)));
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
@@ -239,11 +263,20 @@ async fn daemon_errors_become_typed_errors() -> anyhow::Result<()> {
         .await
         .expect_err("key reused");
     assert!(
-        matches!(err, ClientError::Conflict { code: tonic::Code::AlreadyExists, .. }),
+        matches!(
+            err,
+            ClientError::Conflict {
+                code: tonic::Code::AlreadyExists,
+                ..
+            }
+        ),
         "{err:?}"
     );
 
-    let err = client.delivery_status("nope").await.expect_err("unknown id");
+    let err = client
+        .delivery_status("nope")
+        .await
+        .expect_err("unknown id");
     assert!(matches!(err, ClientError::NotFound { .. }), "{err:?}");
     Ok(())
 }
@@ -258,7 +291,10 @@ async fn wait_delivered_polls_until_settled() -> anyhow::Result<()> {
     assert!(status.all_delivered());
     assert_eq!(*daemon.fake.status_calls.lock().expect("lock"), 3);
 
-    *daemon.fake.status_calls.lock().expect("lock") = i32::MIN as u32 / 2;
+    daemon
+        .fake
+        .stuck
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let err = client
         .wait_delivered(id, Duration::from_millis(120))
         .await
@@ -293,7 +329,10 @@ async fn inbox_list_stream_and_ack() -> anyhow::Result<()> {
         }
     }
     assert_eq!(cursors, [11, 12, 13]);
-    assert!(matches!(error, Some(ClientError::Unavailable { .. })), "{error:?}");
+    assert!(
+        matches!(error, Some(ClientError::Unavailable { .. })),
+        "{error:?}"
+    );
     assert_eq!(stream.last_cursor(), 13, "resume point");
 
     let mut refused = client.inbox_stream(1000);

@@ -44,6 +44,12 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot serve the local API on {place}: {source}")]
     Api {
         place: String,
@@ -66,7 +72,15 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), DaemonError> {
     let store: Arc<dyn Store> = match &config.store {
-        StoreConfig::Sqlite { path } => Arc::new(SqliteStore::open(path).await?),
+        StoreConfig::Sqlite { path } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            Arc::new(SqliteStore::open(path).await?)
+        }
     };
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
     let trust = TrustStore::new(

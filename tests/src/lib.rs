@@ -1,0 +1,361 @@
+//! A harness that runs real `tvaersd` processes on loopback, each with its
+//! own directory, freshly generated keys, SQLite file and config, every
+//! site pinning the others' certificates. The end-to-end tests and the demo
+//! (`tvaers-demo`) both use it.
+//!
+//! The harness finds `tvaersd` next to its own executable (the same cargo
+//! target directory) and builds it with cargo first, so `cargo test` and
+//! `cargo run --bin tvaers-demo` always run the current daemon code.
+//! `TVAERSD_BIN` overrides the path.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tvaers_client::Client;
+
+/// The organisations of the demo: one per sector.
+pub const MUNICIPALITY: SiteSpec = SiteSpec {
+    org_id: "kommune.vordingborg",
+    name: "Vordingborg Kommune",
+    sector: "municipality",
+    pinned_by_others: true,
+};
+pub const PSYCHIATRY: SiteSpec = SiteSpec {
+    org_id: "psykiatri.sjaelland",
+    name: "Psykiatrien Region Sjælland",
+    sector: "psychiatry",
+    pinned_by_others: true,
+};
+pub const GENERAL_PRACTICE: SiteSpec = SiteSpec {
+    org_id: "praksis.stege",
+    name: "Lægerne i Stege",
+    sector: "general-practice",
+    pinned_by_others: true,
+};
+
+/// One organisation to set up.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteSpec {
+    pub org_id: &'static str,
+    pub name: &'static str,
+    pub sector: &'static str,
+    /// False for an outsider: it pins the others, they do not pin it.
+    pub pinned_by_others: bool,
+}
+
+/// One set-up site and, while it runs, its process.
+#[derive(Debug)]
+pub struct Site {
+    pub spec: SiteSpec,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub fingerprint: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Delivery settings written into every site's config. Tests want quick
+/// retries; the defaults (1 s up to 5 min) are for production.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub backoff_initial_ms: u64,
+    pub backoff_max_seconds: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            backoff_initial_ms: 100,
+            backoff_max_seconds: 1,
+        }
+    }
+}
+
+/// A set of sites in one directory.
+#[derive(Debug)]
+pub struct Sites {
+    pub root: PathBuf,
+    sites: Vec<Site>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Sites {
+    /// Sets up sites in a fresh temporary directory, removed on drop.
+    pub fn temporary(specs: &[SiteSpec]) -> Result<Sites> {
+        let temp = tempfile::Builder::new().prefix("tvaers-").tempdir()?;
+        let mut sites = Sites::create(temp.path(), specs, Tuning::default())?;
+        sites._temp = Some(temp);
+        Ok(sites)
+    }
+
+    /// Sets up sites under `root`: keys, configs pinning each other.
+    pub fn create(root: &Path, specs: &[SiteSpec], tuning: Tuning) -> Result<Sites> {
+        std::fs::create_dir_all(root)?;
+        let mut sites = Vec::new();
+        for spec in specs {
+            let dir = root.join(spec.org_id);
+            let keys = tvaers_daemon::identity::generate(&dir.join("keys"), spec.org_id)?;
+            sites.push(Site {
+                spec: *spec,
+                config: dir.join("tvaers.toml"),
+                socket: dir.join("run/api.sock"),
+                log: dir.join("tvaersd.log"),
+                dir,
+                port: free_udp_port()?,
+                fingerprint: keys.fingerprint.to_string(),
+                child: None,
+            });
+        }
+        for site in &sites {
+            std::fs::write(&site.config, config_text(site, &sites, tuning))?;
+        }
+        Ok(Sites {
+            root: root.to_owned(),
+            sites,
+            _temp: None,
+        })
+    }
+
+    pub fn site(&self, org_id: &str) -> &Site {
+        self.sites
+            .iter()
+            .find(|s| s.spec.org_id == org_id)
+            .unwrap_or_else(|| panic!("no site {org_id} in this set"))
+    }
+
+    fn site_mut(&mut self, org_id: &str) -> &mut Site {
+        self.sites
+            .iter_mut()
+            .find(|s| s.spec.org_id == org_id)
+            .unwrap_or_else(|| panic!("no site {org_id} in this set"))
+    }
+
+    pub fn org_ids(&self) -> Vec<&'static str> {
+        self.sites.iter().map(|s| s.spec.org_id).collect()
+    }
+
+    /// Starts a site's daemon and waits until its local API answers.
+    pub async fn start(&mut self, org_id: &str) -> Result<()> {
+        let binary = daemon_binary()?;
+        let site = self.site_mut(org_id);
+        if site.child.is_some() {
+            bail!("{org_id} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&site.log)?;
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&site.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start tvaersd for {org_id}"))?;
+        site.child = Some(child);
+        let socket = site.socket.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(client) = Client::connect(&socket).await {
+                // The socket can exist a moment before the server answers.
+                if client.list_inbox(0, 1).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.site_mut(org_id).child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.site_mut(org_id).child = None;
+                bail!("tvaersd for {org_id} exited at start-up ({status}); log:\n{}", self.log(org_id));
+            }
+            if Instant::now() > deadline {
+                bail!("tvaersd for {org_id} did not become ready in 30 s; log:\n{}", self.log(org_id));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn start_all(&mut self) -> Result<()> {
+        for org in self.org_ids() {
+            self.start(org).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub async fn stop(&mut self, org_id: &str) -> Result<ExitStatus> {
+        let site = self.site_mut(org_id);
+        let mut child = site.child.take().ok_or_else(|| anyhow!("{org_id} is not running"))?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("cannot signal tvaersd for {org_id}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("tvaersd for {org_id} did not stop within 20 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills a site's daemon with SIGKILL: no chance to clean up.
+    pub fn kill(&mut self, org_id: &str) -> Result<()> {
+        let site = self.site_mut(org_id);
+        let mut child = site.child.take().ok_or_else(|| anyhow!("{org_id} is not running"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self, org_id: &str) -> bool {
+        let site = self.site_mut(org_id);
+        match site.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            _ => false,
+        }
+    }
+
+    pub async fn client(&self, org_id: &str) -> Result<Client> {
+        Ok(Client::connect(&self.site(org_id).socket).await?)
+    }
+
+    /// Everything the site's daemon has logged so far.
+    pub fn log(&self, org_id: &str) -> String {
+        std::fs::read_to_string(&self.site(org_id).log).unwrap_or_default()
+    }
+
+    /// All logs, for failure messages and CPR checks.
+    pub fn all_logs(&self) -> String {
+        self.sites
+            .iter()
+            .map(|s| format!("==== {} ====\n{}", s.spec.org_id, self.log(s.spec.org_id)))
+            .collect()
+    }
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        for site in &mut self.sites {
+            if let Some(mut child) = site.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn config_text(site: &Site, all: &[Site], tuning: Tuning) -> String {
+    let mut text = format!(
+        r#"# Generated by the tvaers harness.
+[site]
+org_id = "{org}"
+name = "{name}"
+sector = "{sector}"
+
+[store]
+url = "sqlite://data/tvaers.db"
+
+[transport]
+listen = "127.0.0.1:{port}"
+certificate = "keys/tls-cert.pem"
+private_key = "keys/tls-key.pem"
+
+[api]
+socket = "run/api.sock"
+
+[delivery]
+backoff_initial_ms = {initial}
+backoff_max_seconds = {max}
+send_timeout_ms = 5000
+"#,
+        org = site.spec.org_id,
+        name = site.spec.name,
+        sector = site.spec.sector,
+        port = site.port,
+        initial = tuning.backoff_initial_ms,
+        max = tuning.backoff_max_seconds,
+    );
+    for peer in all {
+        let pinned = peer.spec.pinned_by_others || !site.spec.pinned_by_others;
+        if peer.spec.org_id == site.spec.org_id || !pinned {
+            continue;
+        }
+        text.push_str(&format!(
+            r#"
+[[peers]]
+org_id = "{org}"
+name = "{name}"
+address = "127.0.0.1:{port}"
+fingerprint = "{fingerprint}"
+"#,
+            org = peer.spec.org_id,
+            name = peer.spec.name,
+            port = peer.port,
+            fingerprint = peer.fingerprint,
+        ));
+    }
+    text
+}
+
+fn free_udp_port() -> Result<u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?.port())
+}
+
+/// The `tvaersd` binary of this build, built first if needed.
+pub fn daemon_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| find_or_build_daemon().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn find_or_build_daemon() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TVAERSD_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/tvaers-demo or target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.file_name().is_some_and(|n| n != "deps"))
+        .ok_or_else(|| anyhow!("cannot locate the cargo target directory from {}", exe.display()))?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "tvaers-daemon", "--bin", "tvaersd"]);
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.arg("--target-dir").arg(target_dir);
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("cannot run cargo to build tvaersd")?;
+    if !status.success() {
+        bail!("building tvaersd failed ({status})");
+    }
+    let binary = profile_dir.join("tvaersd");
+    if !binary.exists() {
+        bail!("tvaersd was built but is not at {}", binary.display());
+    }
+    Ok(binary)
+}

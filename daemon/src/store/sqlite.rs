@@ -31,8 +31,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::{
-    AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OutboxItem,
-    OutboxState, OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
+    AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OutboxItem, OutboxState,
+    OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
 };
 use crate::Millis;
 
@@ -212,8 +212,7 @@ impl UpdateGroup {
         let delivered = std::mem::take(&mut self.delivered);
         let mut rows = delivered.into_iter().peekable();
         while rows.peek().is_some() {
-            let mut query =
-                QueryBuilder::<Sqlite>::new("WITH v (seq, receipt, at_ms) AS (");
+            let mut query = QueryBuilder::<Sqlite>::new("WITH v (seq, receipt, at_ms) AS (");
             query.push_values(rows.by_ref().take(rows_per_chunk(3)), |mut row, item| {
                 let (seq, receipt, at_ms) = item;
                 row.push_bind(seq).push_bind(receipt).push_bind(at_ms);

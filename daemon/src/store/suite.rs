@@ -280,7 +280,10 @@ pub(crate) async fn undelivered_filters_by_recipient_in_seq_order(store: &dyn St
     let three = stored_seqs(&submit_one(store, notice("n-3", "key-3", &["org-b"])).await);
     let four = stored_seqs(&submit_one(store, notice("n-4", "key-4", &["org-c", "org-b"])).await);
 
-    assert_eq!(seqs_of(store, "org-b").await, vec![one[0], three[0], four[1]]);
+    assert_eq!(
+        seqs_of(store, "org-b").await,
+        vec![one[0], three[0], four[1]]
+    );
     assert_eq!(seqs_of(store, "org-c").await, vec![one[1], two[0], four[0]]);
     assert!(store.undelivered("org-unknown").await.unwrap().is_empty());
 
@@ -319,9 +322,8 @@ pub(crate) async fn undelivered_filters_by_recipient_in_seq_order(store: &dyn St
 
 /// Each kind of update moves a row as the delivery machine decided.
 pub(crate) async fn update_outbox_transitions(store: &dyn Store) {
-    let seqs = stored_seqs(
-        &submit_one(store, notice("n-1", "key-1", &["org-b", "org-c", "org-d"])).await,
-    );
+    let seqs =
+        stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b", "org-c", "org-d"])).await);
     let (b, c, d) = (seqs[0], seqs[1], seqs[2]);
 
     store
@@ -396,7 +398,10 @@ pub(crate) async fn update_outbox_transitions(store: &dyn Store) {
     assert_eq!(row.attempts, 1);
     let row = state_of(store, "n-1", d).await;
     assert_eq!(row.state, OutboxState::Failed);
-    assert_eq!(row.last_error.as_deref(), Some("rejected: KIND_NOT_ALLOWED"));
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("rejected: KIND_NOT_ALLOWED")
+    );
     assert_eq!(row.receipt.as_deref(), Some(&b"rejection d"[..]));
     assert_eq!(row.finished_at_ms, Some(11_000));
 
@@ -480,9 +485,8 @@ pub(crate) async fn finished_rows_are_not_changed_back(store: &dyn Store) {
 
 /// Several updates to one row inside one batch apply in the order given.
 pub(crate) async fn update_outbox_applies_a_batch_in_order(store: &dyn Store) {
-    let seqs = stored_seqs(
-        &submit_one(store, notice("n-1", "key-1", &["org-b", "org-c", "org-d"])).await,
-    );
+    let seqs =
+        stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b", "org-c", "org-d"])).await);
     let (b, c, d) = (seqs[0], seqs[1], seqs[2]);
     store
         .update_outbox(vec![
@@ -800,7 +804,10 @@ pub(crate) async fn large_batches(store: &dyn Store) {
     let to_b = store.undelivered("org-b").await.unwrap();
     assert_eq!(to_b.len(), N);
     assert_eq!(to_b[N - 1].notice_id, format!("n-{}", N - 1));
-    assert_eq!(to_b[N - 1].envelope, envelope(&format!("n-{}", N - 1), "org-b"));
+    assert_eq!(
+        to_b[N - 1].envelope,
+        envelope(&format!("n-{}", N - 1), "org-b")
+    );
 
     // The whole batch again: every notice is a duplicate of itself.
     let again = store.submit(batch).await.unwrap();
