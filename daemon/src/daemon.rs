@@ -97,10 +97,12 @@ pub async fn run(
         identity,
         trust,
     )?;
-    let peer_addr = endpoint.local_addr().map_err(|source| TransportError::Bind {
-        addr: config.transport.listen,
-        source,
-    })?;
+    let peer_addr = endpoint
+        .local_addr()
+        .map_err(|source| TransportError::Bind {
+            addr: config.transport.listen,
+            source,
+        })?;
 
     let (submits, submit_writer) = {
         let store = store.clone();
@@ -161,11 +163,8 @@ pub async fn run(
         newest_cursor,
     });
     let receive_tasks = TaskTracker::new();
-    let receive_loop = tokio::spawn(receiver.serve(
-        endpoint.clone(),
-        receive_tasks.clone(),
-        shutdown.clone(),
-    ));
+    let receive_loop =
+        tokio::spawn(receiver.serve(endpoint.clone(), receive_tasks.clone(), shutdown.clone()));
 
     let state = Arc::new(ApiState {
         org_id: config.site.org_id.clone(),

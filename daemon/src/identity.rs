@@ -79,10 +79,16 @@ mod tests {
     fn writes_owner_only_files_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let keys = generate(dir.path(), "org-a").unwrap();
-        let mode = std::fs::metadata(&keys.private_key).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&keys.private_key)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let loaded = tls::Identity::load(&keys.certificate, &keys.private_key).unwrap();
         assert_eq!(loaded.fingerprint(), keys.fingerprint);
-        assert!(matches!(generate(dir.path(), "org-a"), Err(IdentityError::Exists(_))));
+        assert!(matches!(
+            generate(dir.path(), "org-a"),
+            Err(IdentityError::Exists(_))
+        ));
     }
 }

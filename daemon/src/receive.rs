@@ -117,17 +117,37 @@ impl Receiver {
         }
     }
 
-    async fn serve_stream(&self, peer: &str, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let receipt = match frame::read_message::<v1::PeerRequest, _>(&mut recv, self.max_frame_bytes).await {
+    async fn serve_stream(
+        &self,
+        peer: &str,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let receipt = match frame::read_message::<v1::PeerRequest, _>(
+            &mut recv,
+            self.max_frame_bytes,
+        )
+        .await
+        {
             Ok(request) => self.handle_request(peer, request).await,
             Err(FrameError::TooLarge { announced, limit }) => {
                 tracing::warn!(%peer, announced, limit, reason = reason::TOO_LARGE, "rejected an oversized frame");
                 let _ = recv.stop(quinn::VarInt::from_u32(2));
-                rejection(&self.org_id, "", reason::TOO_LARGE, format!("frame of {announced} bytes exceeds the limit of {limit} bytes"))
+                rejection(
+                    &self.org_id,
+                    "",
+                    reason::TOO_LARGE,
+                    format!("frame of {announced} bytes exceeds the limit of {limit} bytes"),
+                )
             }
             Err(FrameError::Malformed(error)) => {
                 tracing::warn!(%peer, %error, reason = reason::MALFORMED, "rejected a malformed frame");
-                rejection(&self.org_id, "", reason::MALFORMED, format!("frame is not a valid PeerRequest: {error}"))
+                rejection(
+                    &self.org_id,
+                    "",
+                    reason::MALFORMED,
+                    format!("frame is not a valid PeerRequest: {error}"),
+                )
             }
             Err(error) => {
                 tracing::debug!(%peer, %error, "stream ended before a request arrived");
@@ -148,10 +168,18 @@ impl Receiver {
 
     async fn handle_request(&self, peer: &str, request: v1::PeerRequest) -> v1::Receipt {
         let Some(v1::peer_request::Body::Notice(envelope)) = request.body else {
-            return rejection(&self.org_id, "", reason::MALFORMED, "request carries no notice".into());
+            return rejection(
+                &self.org_id,
+                "",
+                reason::MALFORMED,
+                "request carries no notice".into(),
+            );
         };
         let notice_id = envelope.notice_id.clone();
-        let kind = envelope.notice.as_ref().map_or("none", v1::Notice::kind_name);
+        let kind = envelope
+            .notice
+            .as_ref()
+            .map_or("none", v1::Notice::kind_name);
         let reject = |code: &'static str, text: String| {
             tracing::warn!(%peer, %notice_id, kind, reason = code, detail = %text, "rejected a notice");
             rejection(&self.org_id, &notice_id, code, text)
@@ -159,13 +187,19 @@ impl Receiver {
         if envelope.sender != peer {
             return reject(
                 reason::SENDER_MISMATCH,
-                format!("envelope names sender {:?} but the connection is authenticated as {peer}", envelope.sender),
+                format!(
+                    "envelope names sender {:?} but the connection is authenticated as {peer}",
+                    envelope.sender
+                ),
             );
         }
         if envelope.recipient != self.org_id {
             return reject(
                 reason::WRONG_RECIPIENT,
-                format!("envelope is addressed to {:?}, this is {}", envelope.recipient, self.org_id),
+                format!(
+                    "envelope is addressed to {:?}, this is {}",
+                    envelope.recipient, self.org_id
+                ),
             );
         }
         if let Err(error) = tvaers_proto::validate::envelope(&envelope) {
@@ -173,7 +207,10 @@ impl Receiver {
         }
         let now = now_ms();
         if envelope.expires_at_ms <= now {
-            return reject(reason::EXPIRED, "the notice's time to live has passed".into());
+            return reject(
+                reason::EXPIRED,
+                "the notice's time to live has passed".into(),
+            );
         }
 
         let accepted = v1::Receipt {
@@ -194,7 +231,8 @@ impl Receiver {
             Ok(outcome) => {
                 if outcome.newly_stored {
                     tracing::info!(%peer, %notice_id, kind, cursor = outcome.cursor, "accepted a notice");
-                    self.newest_cursor.send_modify(|newest| *newest = (*newest).max(outcome.cursor));
+                    self.newest_cursor
+                        .send_modify(|newest| *newest = (*newest).max(outcome.cursor));
                     accepted
                 } else {
                     tracing::info!(%peer, %notice_id, kind, "notice received again; answered with the stored receipt");

@@ -170,12 +170,23 @@ impl Sites {
                     return Ok(());
                 }
             }
-            if let Some(status) = self.site_mut(org_id).child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .site_mut(org_id)
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.site_mut(org_id).child = None;
-                bail!("tvaersd for {org_id} exited at start-up ({status}); log:\n{}", self.log(org_id));
+                bail!(
+                    "tvaersd for {org_id} exited at start-up ({status}); log:\n{}",
+                    self.log(org_id)
+                );
             }
             if Instant::now() > deadline {
-                bail!("tvaersd for {org_id} did not become ready in 30 s; log:\n{}", self.log(org_id));
+                bail!(
+                    "tvaersd for {org_id} did not become ready in 30 s; log:\n{}",
+                    self.log(org_id)
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -191,7 +202,10 @@ impl Sites {
     /// Sends SIGTERM and waits for a graceful exit.
     pub async fn stop(&mut self, org_id: &str) -> Result<ExitStatus> {
         let site = self.site_mut(org_id);
-        let mut child = site.child.take().ok_or_else(|| anyhow!("{org_id} is not running"))?;
+        let mut child = site
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{org_id} is not running"))?;
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -215,7 +229,10 @@ impl Sites {
     /// Kills a site's daemon with SIGKILL: no chance to clean up.
     pub fn kill(&mut self, org_id: &str) -> Result<()> {
         let site = self.site_mut(org_id);
-        let mut child = site.child.take().ok_or_else(|| anyhow!("{org_id} is not running"))?;
+        let mut child = site
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{org_id} is not running"))?;
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -223,10 +240,7 @@ impl Sites {
 
     pub fn is_running(&mut self, org_id: &str) -> bool {
         let site = self.site_mut(org_id);
-        match site.child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            _ => false,
-        }
+        matches!(site.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
     pub async fn client(&self, org_id: &str) -> Result<Client> {
@@ -280,7 +294,7 @@ socket = "run/api.sock"
 [delivery]
 backoff_initial_ms = {initial}
 backoff_max_seconds = {max}
-send_timeout_ms = 5000
+send_timeout_ms = 2000
 "#,
         org = site.spec.org_id,
         name = site.spec.name,
@@ -335,11 +349,23 @@ fn find_or_build_daemon() -> Result<PathBuf> {
         .ancestors()
         .skip(1)
         .find(|dir| dir.file_name().is_some_and(|n| n != "deps"))
-        .ok_or_else(|| anyhow!("cannot locate the cargo target directory from {}", exe.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "cannot locate the cargo target directory from {}",
+                exe.display()
+            )
+        })?;
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "tvaers-daemon", "--bin", "tvaersd"]);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "tvaers-daemon",
+        "--bin",
+        "tvaersd",
+    ]);
     if release {
         build.arg("--release");
     }

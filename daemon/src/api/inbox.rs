@@ -20,7 +20,10 @@ fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
     let envelope = v1::Envelope::decode(record.envelope.as_slice()).map_err(|_| {
         super::internal(
             "inbox read",
-            format!("stored envelope at cursor {} does not decode", record.cursor),
+            format!(
+                "stored envelope at cursor {} does not decode",
+                record.cursor
+            ),
         )
     })?;
     Ok(v1::InboxItem {

@@ -110,7 +110,9 @@ impl LocalApi for LocalApiService {
 /// cannot act on; the daemon's log has the cause.
 pub(crate) fn internal(operation: &str, error: impl std::fmt::Display) -> Status {
     tracing::error!(operation, %error, "local API call failed");
-    Status::unavailable(format!("{operation} failed: the daemon's store is unavailable; retry"))
+    Status::unavailable(format!(
+        "{operation} failed: the daemon's store is unavailable; retry"
+    ))
 }
 
 /// Binds the Unix socket with mode 0660, replacing a stale socket file left

@@ -35,9 +35,9 @@ pub enum SubmitError {
 impl From<SubmitError> for Status {
     fn from(error: SubmitError) -> Status {
         match &error {
-            SubmitError::Invalid(_) | SubmitError::TtlTooLong | SubmitError::UnknownRecipient(_) => {
-                Status::invalid_argument(error.to_string())
-            }
+            SubmitError::Invalid(_)
+            | SubmitError::TtlTooLong
+            | SubmitError::UnknownRecipient(_) => Status::invalid_argument(error.to_string()),
             SubmitError::KeyReused { .. } => Status::already_exists(error.to_string()),
             SubmitError::Store(BatchError::Closed) => Status::unavailable(error.to_string()),
             SubmitError::Store(e) => super::internal("submit", e),
@@ -61,8 +61,9 @@ pub async fn submit(
         return Err(SubmitError::UnknownRecipient(unknown.clone()));
     }
 
-    let request_digest =
-        ring::digest::digest(&ring::digest::SHA256, &request.encode_to_vec()).as_ref().to_vec();
+    let request_digest = ring::digest::digest(&ring::digest::SHA256, &request.encode_to_vec())
+        .as_ref()
+        .to_vec();
     let notice_id = uuid::Uuid::now_v7().to_string();
     let created_at_ms = now_ms();
     let ttl_ms = match request.ttl_seconds {
@@ -70,7 +71,10 @@ pub async fn submit(
         seconds => i64::try_from(seconds * 1000).unwrap_or(state.default_ttl_ms),
     };
     let expires_at_ms = created_at_ms + ttl_ms;
-    let kind = request.notice.as_ref().map_or("none", v1::Notice::kind_name);
+    let kind = request
+        .notice
+        .as_ref()
+        .map_or("none", v1::Notice::kind_name);
     let recipients: Vec<NewOutboxItem> = request
         .recipients
         .iter()

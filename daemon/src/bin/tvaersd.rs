@@ -73,7 +73,10 @@ fn main() -> ExitCode {
             )
             .map_err(|e| e.to_string())?;
             println!("config ok: {}", config.path.display());
-            println!("organisation: {} ({})", config.site.org_id, config.site.name);
+            println!(
+                "organisation: {} ({})",
+                config.site.org_id, config.site.name
+            );
             println!("fingerprint: {}", identity.fingerprint());
             Ok(())
         }),
@@ -126,7 +129,10 @@ fn run(config: Config) -> Result<(), String> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tvaers_proto::v1;
 
-use super::machine::{Action, ConnectionState, Event, Machine, MachineConfig, Pending, ReceiptVerdict};
+use super::machine::{
+    Action, ConnectionState, Event, Machine, MachineConfig, Pending, ReceiptVerdict,
+};
 use crate::store::{OutboxUpdate, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame;
@@ -101,7 +103,9 @@ impl PeerDriver {
 
     /// Hands a stored outbox row to the driver.
     pub fn enqueue(&self, pending: Pending, envelope: Vec<u8>) {
-        let _ = self.inputs.send(Input::Enqueue(pending, Arc::new(envelope)));
+        let _ = self
+            .inputs
+            .send(Input::Enqueue(pending, Arc::new(envelope)));
     }
 
     pub fn health(&self) -> PeerHealth {
@@ -175,7 +179,11 @@ impl Task {
                 self.feed(Event::ConnectFailed { error });
             }
             Input::Disconnected(generation, error) => {
-                if self.connection.as_ref().is_some_and(|(g, _)| *g == generation) {
+                if self
+                    .connection
+                    .as_ref()
+                    .is_some_and(|(g, _)| *g == generation)
+                {
                     self.connection = None;
                     tracing::info!(peer = %self.target.org_id, %error, "connection to peer lost");
                     self.feed(Event::Disconnected { error });
@@ -256,10 +264,18 @@ impl Task {
         let endpoint = self.endpoint.clone();
         let target = self.target.clone();
         let inputs = self.inputs.clone();
+        // A QUIC dial to a dead address only gives up at the idle timeout;
+        // the send timeout bounds it so the status says so sooner.
+        let timeout = self.settings.send_timeout;
         tokio::spawn(async move {
-            let input = match endpoint.connect(target.address, target.fingerprint).await {
-                Ok(connection) => Input::Connected(generation, connection),
-                Err(error) => Input::ConnectFailed(error.to_string()),
+            let dial = endpoint.connect(target.address, target.fingerprint);
+            let input = match tokio::time::timeout(timeout, dial).await {
+                Ok(Ok(connection)) => Input::Connected(generation, connection),
+                Ok(Err(error)) => Input::ConnectFailed(error.to_string()),
+                Err(_) => Input::ConnectFailed(format!(
+                    "cannot reach {}: no answer within {timeout:?}",
+                    target.address
+                )),
             };
             let _ = inputs.send(input);
         });

@@ -128,9 +128,7 @@ impl Endpoint {
                 addr,
                 message: e.to_string(),
             })?;
-        connecting
-            .await
-            .map_err(|e| self.explain(addr, &e))
+        connecting.await.map_err(|e| self.explain(addr, &e))
     }
 
     /// Describes a connection error for an operator: a TLS alert from the
@@ -186,7 +184,8 @@ impl Endpoint {
     /// Refuses new connections, closes live ones and waits until the peers
     /// were told.
     pub async fn shutdown(&self) {
-        self.quinn.close(quinn::VarInt::from_u32(0), b"shutting down");
+        self.quinn
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.quinn.wait_idle()).await;
     }
 }

@@ -95,7 +95,9 @@ mod tests {
         // Announces 4 GiB but carries nothing: refused on the prefix alone.
         let bytes = u32::MAX.to_be_bytes();
         let err = read_frame(&mut bytes.as_slice(), 65_536).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { announced, limit: 65_536 } if announced == u64::from(u32::MAX)));
+        assert!(
+            matches!(err, FrameError::TooLarge { announced, limit: 65_536 } if announced == u64::from(u32::MAX))
+        );
     }
 
     #[tokio::test]

@@ -69,35 +69,90 @@ async fn run(args: Args) -> Result<()> {
     println!("Starting three daemons …");
     sites.start_all().await?;
 
-    let (kommune, psyk, gp) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id, GENERAL_PRACTICE.org_id);
+    let (kommune, psyk, gp) = (
+        MUNICIPALITY.org_id,
+        PSYCHIATRY.org_id,
+        GENERAL_PRACTICE.org_id,
+    );
     let psychiatry = sites.client(psyk).await?;
     let municipality = sites.client(kommune).await?;
 
     let episode = "indl-2026-0001";
     let mut sent = Vec::new();
-    let mut submit = async |client: &Client, label, from, to: Vec<&'static str>, notice: v1::Notice| -> Result<()> {
+    let mut submit = async |client: &Client,
+                            label,
+                            from,
+                            to: Vec<&'static str>,
+                            notice: v1::Notice|
+           -> Result<()> {
         let mut submission = Submission::new(notice)
             .idempotency_key(format!("demo-{label}-{}", std::process::id()))
             .episode(episode);
         for recipient in &to {
             submission = submission.to(*recipient);
         }
-        let submitted = client.submit(submission).await.with_context(|| format!("submitting the {label}"))?;
-        println!("  {from:<22} → {:<45} {label:<12} {}", to.join(", "), submitted.notice_id);
-        sent.push(Sent { label, from, to, notice_id: submitted.notice_id });
+        let submitted = client
+            .submit(submission)
+            .await
+            .with_context(|| format!("submitting the {label}"))?;
+        println!(
+            "  {from:<22} → {:<45} {label:<12} {}",
+            to.join(", "),
+            submitted.notice_id
+        );
+        sent.push(Sent {
+            label,
+            from,
+            to,
+            notice_id: submitted.notice_id,
+        });
         Ok(())
     };
     println!("Submitting:");
-    submit(&psychiatry, "admission", psyk, vec![kommune, gp], sample::admission(CITIZEN)).await?;
-    submit(&municipality, "no-show", kommune, vec![psyk], sample::no_show(CITIZEN)).await?;
-    submit(&municipality, "plan change", kommune, vec![psyk, gp], sample::plan_change(CITIZEN, kommune)).await?;
-    submit(&psychiatry, "discharge", psyk, vec![kommune, gp], sample::discharge(CITIZEN)).await?;
+    submit(
+        &psychiatry,
+        "admission",
+        psyk,
+        vec![kommune, gp],
+        sample::admission(CITIZEN),
+    )
+    .await?;
+    submit(
+        &municipality,
+        "no-show",
+        kommune,
+        vec![psyk],
+        sample::no_show(CITIZEN),
+    )
+    .await?;
+    submit(
+        &municipality,
+        "plan change",
+        kommune,
+        vec![psyk, gp],
+        sample::plan_change(CITIZEN, kommune),
+    )
+    .await?;
+    submit(
+        &psychiatry,
+        "discharge",
+        psyk,
+        vec![kommune, gp],
+        sample::discharge(CITIZEN),
+    )
+    .await?;
 
     println!("\nDelivery:");
     let mut problems = Vec::new();
     for notice in &sent {
-        let client = if notice.from == psyk { &psychiatry } else { &municipality };
-        let status = client.wait_delivered(&notice.notice_id, Duration::from_secs(30)).await?;
+        let client = if notice.from == psyk {
+            &psychiatry
+        } else {
+            &municipality
+        };
+        let status = client
+            .wait_delivered(&notice.notice_id, Duration::from_secs(30))
+            .await?;
         for recipient in &status.recipients {
             let after = recipient
                 .delivered_at_ms
@@ -111,7 +166,10 @@ async fn run(args: Args) -> Result<()> {
                 recipient.attempts
             );
             if recipient.state != DeliveryState::Delivered {
-                problems.push(format!("{} to {} is {:?}", notice.label, recipient.recipient, recipient.state));
+                problems.push(format!(
+                    "{} to {} is {:?}",
+                    notice.label, recipient.recipient, recipient.state
+                ));
             }
         }
     }
@@ -123,21 +181,37 @@ async fn run(args: Args) -> Result<()> {
         println!("  {org} ({} items)", items.len());
         for item in &items {
             let envelope = item.envelope.clone().unwrap_or_default();
-            let kind = envelope.notice.as_ref().map_or("none", v1::Notice::kind_name);
-            println!("    #{:<3} from {:<22} {:<12} {}", item.cursor, envelope.sender, kind, envelope.notice_id);
+            let kind = envelope
+                .notice
+                .as_ref()
+                .map_or("none", v1::Notice::kind_name);
+            println!(
+                "    #{:<3} from {:<22} {:<12} {}",
+                item.cursor, envelope.sender, kind, envelope.notice_id
+            );
         }
         for notice in sent.iter().filter(|n| n.to.contains(&org)) {
             let copies = items
                 .iter()
-                .filter(|i| i.envelope.as_ref().is_some_and(|e| e.notice_id == notice.notice_id))
+                .filter(|i| {
+                    i.envelope
+                        .as_ref()
+                        .is_some_and(|e| e.notice_id == notice.notice_id)
+                })
                 .count();
             if copies != 1 {
-                problems.push(format!("{} is in {org}'s inbox {copies} times", notice.label));
+                problems.push(format!(
+                    "{} is in {org}'s inbox {copies} times",
+                    notice.label
+                ));
             }
         }
         let expected = sent.iter().filter(|n| n.to.contains(&org)).count();
         if items.len() != expected {
-            problems.push(format!("{org} has {} items, expected {expected}", items.len()));
+            problems.push(format!(
+                "{org} has {} items, expected {expected}",
+                items.len()
+            ));
         }
     }
 
@@ -146,7 +220,10 @@ async fn run(args: Args) -> Result<()> {
         for org in sites.org_ids() {
             println!("  {org}: {}", sites.site(org).socket.display());
         }
-        println!("Try: cargo run -p tvaers-client --example submit_admission -- --socket {} --to {kommune}", sites.site(psyk).socket.display());
+        println!(
+            "Try: cargo run -p tvaers-client --example submit_admission -- --socket {} --to {kommune}",
+            sites.site(psyk).socket.display()
+        );
         println!("Press Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }

@@ -1,0 +1,678 @@
+//! End-to-end tests: real `tvaersd` processes, real QUIC sockets on
+//! loopback, real SQLite files. Every test sets up its own sites in a fresh
+//! temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prost::Message;
+use tvaers_client::{Client, ClientError, DeliveryState, StreamExt, Submission, v1};
+use tvaers_daemon::transport::endpoint::{Endpoint, EndpointSettings};
+use tvaers_daemon::transport::frame;
+use tvaers_daemon::transport::tls::{Fingerprint, Identity, TrustStore};
+use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, PSYCHIATRY, SiteSpec, Sites};
+use tvaers_proto::validate::sample;
+
+const CPR_A: &str = "0707814321";
+const CPR_B: &str = "1203925678";
+const DELIVERY: Duration = Duration::from_secs(30);
+
+fn submission(key: &str, notice: v1::Notice, to: &[&str]) -> Submission {
+    to.iter().fold(
+        Submission::new(notice).idempotency_key(key).episode("ep-1"),
+        |s, r| s.to(*r),
+    )
+}
+
+fn kinds(items: &[v1::InboxItem]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| {
+            i.envelope
+                .as_ref()
+                .unwrap()
+                .notice
+                .as_ref()
+                .unwrap()
+                .kind_name()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// No CPR number may appear in any daemon log.
+fn assert_no_cpr_in_logs(sites: &Sites, cprs: &[&str]) {
+    let logs = sites.all_logs();
+    assert!(!logs.is_empty());
+    for cpr in cprs {
+        assert!(!logs.contains(cpr), "a CPR number appears in the logs");
+        let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
+        assert!(!logs.contains(&dashed), "a CPR number appears in the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_kind_reaches_the_right_inbox_once_with_contents_intact() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY, GENERAL_PRACTICE]).unwrap();
+    sites.start_all().await.unwrap();
+    let (kommune, psyk, gp) = (
+        MUNICIPALITY.org_id,
+        PSYCHIATRY.org_id,
+        GENERAL_PRACTICE.org_id,
+    );
+    let psychiatry = sites.client(psyk).await.unwrap();
+    let municipality = sites.client(kommune).await.unwrap();
+
+    let mut admission = sample::admission(CPR_A);
+    admission.episode_id = "ep-1".into();
+    let sent = [
+        (
+            &psychiatry,
+            submission("a1", admission.clone(), &[kommune, gp]),
+        ),
+        (
+            &municipality,
+            submission("n1", sample::no_show(CPR_A), &[psyk]),
+        ),
+        (
+            &municipality,
+            submission("p1", sample::plan_change(CPR_A, kommune), &[psyk, gp]),
+        ),
+        (
+            &psychiatry,
+            submission("d1", sample::discharge(CPR_A), &[kommune, gp]),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (client, s) in sent {
+        let submitted = client.submit(s).await.unwrap();
+        assert!(!submitted.duplicate);
+        ids.push(submitted.notice_id);
+    }
+    let correction = sample::correction(CPR_A, &ids[0]);
+    let retracted = psychiatry
+        .submit(submission("c1", correction, &[kommune]))
+        .await
+        .unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let client = if i == 1 || i == 2 {
+            &municipality
+        } else {
+            &psychiatry
+        };
+        let status = client.wait_delivered(id, DELIVERY).await.unwrap();
+        assert!(status.all_delivered(), "{status:?}");
+        for r in &status.recipients {
+            let receipt = r
+                .receipt
+                .as_ref()
+                .expect("a delivered notice has its receipt stored");
+            assert_eq!(receipt.outcome, v1::ReceiptOutcome::Accepted as i32);
+            assert_eq!(&receipt.receiver, &r.recipient);
+        }
+    }
+    assert!(
+        psychiatry
+            .wait_delivered(&retracted.notice_id, DELIVERY)
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+
+    let inbox = |org: &'static str| {
+        let sites = &sites;
+        async move {
+            sites
+                .client(org)
+                .await
+                .unwrap()
+                .list_inbox(0, 100)
+                .await
+                .unwrap()
+        }
+    };
+    let k = inbox(kommune).await;
+    assert_eq!(kinds(&k), ["admission", "discharge", "correction"]);
+    let first = k[0].envelope.as_ref().unwrap();
+    assert_eq!(first.sender, psyk);
+    assert_eq!(first.recipient, kommune);
+    assert_eq!(first.notice_id, ids[0]);
+    assert_eq!(
+        first.notice.as_ref().unwrap(),
+        &admission,
+        "the notice arrives unchanged"
+    );
+    let mut p = kinds(&inbox(psyk).await);
+    p.sort();
+    assert_eq!(p, ["no_show", "plan_change"]);
+    let mut g = kinds(&inbox(gp).await);
+    g.sort();
+    assert_eq!(g, ["admission", "discharge", "plan_change"]);
+
+    // Acknowledge, and a stream from cursor 0 replays everything in order.
+    let kc = sites.client(kommune).await.unwrap();
+    assert!(kc.ack(k[0].cursor).await.unwrap());
+    assert!(!kc.ack(k[0].cursor).await.unwrap());
+    assert_eq!(kc.list_unacked(0, 100).await.unwrap().len(), 2);
+    let mut stream = kc.inbox_stream(0);
+    for expected in &k {
+        let item = tokio::time::timeout(DELIVERY, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.cursor, expected.cursor);
+    }
+
+    for org in sites.org_ids() {
+        assert!(
+            sites.stop(org).await.unwrap().success(),
+            "graceful exit on SIGTERM"
+        );
+    }
+    assert_no_cpr_in_logs(&sites, &[CPR_A]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_stream_delivers_new_items_and_resumes_from_a_cursor() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start_all().await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let municipality = sites.client(MUNICIPALITY.org_id).await.unwrap();
+    let mut stream = municipality.inbox_stream(0);
+
+    let first = psychiatry
+        .submit(submission(
+            "s1",
+            sample::admission(CPR_A),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap();
+    let item = tokio::time::timeout(DELIVERY, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.envelope.unwrap().notice_id, first.notice_id);
+    let cursor = stream.last_cursor();
+    drop(stream);
+
+    let second = psychiatry
+        .submit(submission(
+            "s2",
+            sample::discharge(CPR_A),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap();
+    let mut resumed = municipality.inbox_stream(cursor);
+    let item = tokio::time::timeout(DELIVERY, resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        item.envelope.unwrap().notice_id,
+        second.notice_id,
+        "resuming skips nothing and repeats nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notices_to_a_peer_that_is_down_arrive_when_it_comes_up_in_citizen_order() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let to = [MUNICIPALITY.org_id];
+    let mut ids = Vec::new();
+    for (key, notice) in [
+        ("x1", sample::admission(CPR_A)),
+        ("x2", sample::admission(CPR_B)),
+        ("x3", sample::discharge(CPR_A)),
+        ("x4", sample::discharge(CPR_B)),
+    ] {
+        ids.push(
+            psychiatry
+                .submit(submission(key, notice, &to))
+                .await
+                .unwrap()
+                .notice_id,
+        );
+    }
+    // Down for a while: retries back off, nothing is lost, and the status
+    // tells why it waits.
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    loop {
+        let status = psychiatry.delivery_status(&ids[0]).await.unwrap();
+        let waiting = &status.recipients[0];
+        assert_eq!(waiting.state, DeliveryState::Pending);
+        if waiting
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot reach"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reason given: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    sites.start(MUNICIPALITY.org_id).await.unwrap();
+    for id in &ids {
+        assert!(
+            psychiatry
+                .wait_delivered(id, DELIVERY)
+                .await
+                .unwrap()
+                .all_delivered()
+        );
+    }
+    let items = sites
+        .client(MUNICIPALITY.org_id)
+        .await
+        .unwrap()
+        .list_inbox(0, 100)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 4);
+    let order: Vec<(String, String)> = items
+        .iter()
+        .map(|i| {
+            let n = i.envelope.as_ref().unwrap().notice.as_ref().unwrap();
+            (n.citizen_cpr.clone(), n.kind_name().to_owned())
+        })
+        .collect();
+    for cpr in [CPR_A, CPR_B] {
+        let per_citizen: Vec<&str> = order
+            .iter()
+            .filter(|(c, _)| c == cpr)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        assert_eq!(
+            per_citizen,
+            ["admission", "discharge"],
+            "an admission is never delivered after its discharge"
+        );
+    }
+    assert_no_cpr_in_logs(&sites, &[CPR_A, CPR_B]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sender_killed_with_pending_notices_delivers_all_exactly_once_after_restart() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let cpr = if i % 2 == 0 { CPR_A } else { CPR_B };
+        let notice = if i % 4 < 2 {
+            sample::admission(cpr)
+        } else {
+            sample::discharge(cpr)
+        };
+        let id = psychiatry
+            .submit(submission(&format!("k{i}"), notice, &[MUNICIPALITY.org_id]))
+            .await
+            .unwrap()
+            .notice_id;
+        ids.push(id);
+    }
+    // Every notice is pending (the receiver is down) when the sender dies.
+    let pending = psychiatry.delivery_status(&ids[39]).await.unwrap();
+    assert_eq!(pending.recipients[0].state, DeliveryState::Pending);
+    sites.kill(PSYCHIATRY.org_id).unwrap();
+    drop(psychiatry);
+
+    sites.start(MUNICIPALITY.org_id).await.unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    for id in &ids {
+        assert!(
+            psychiatry
+                .wait_delivered(id, DELIVERY)
+                .await
+                .unwrap()
+                .all_delivered()
+        );
+    }
+    let items = sites
+        .client(MUNICIPALITY.org_id)
+        .await
+        .unwrap()
+        .list_inbox(0, 1000)
+        .await
+        .unwrap();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for item in &items {
+        *counts
+            .entry(item.envelope.as_ref().unwrap().notice_id.clone())
+            .or_default() += 1;
+    }
+    assert_eq!(counts.len(), ids.len(), "every notice arrived");
+    assert!(counts.values().all(|&n| n == 1), "none arrived twice");
+
+    // A submit repeated after the restart is still recognised.
+    let again = psychiatry
+        .submit(submission(
+            "k0",
+            sample::admission(CPR_A),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.notice_id, ids[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_submit_twice_is_stored_and_delivered_once() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start_all().await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let s = submission("same-key", sample::admission(CPR_A), &[MUNICIPALITY.org_id]);
+    let first = psychiatry.submit(s.clone()).await.unwrap();
+    let second = psychiatry.submit(s).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.notice_id, second.notice_id);
+
+    // The same key with different content is refused, naming the first id.
+    let other = submission("same-key", sample::discharge(CPR_A), &[MUNICIPALITY.org_id]);
+    match psychiatry.submit(other).await {
+        Err(ClientError::Conflict { message, .. }) => {
+            assert!(message.contains(&first.notice_id), "{message}")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    psychiatry
+        .wait_delivered(&first.notice_id, DELIVERY)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let items = sites
+        .client(MUNICIPALITY.org_id)
+        .await
+        .unwrap()
+        .list_inbox(0, 100)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_cpr_at_submit_names_the_field_and_stores_nothing() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start_all().await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let bad_cpr = "3102814321"; // 31 February
+    let error = psychiatry
+        .submit(submission(
+            "bad",
+            sample::admission(bad_cpr),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap_err();
+    match &error {
+        ClientError::InvalidArgument { message } => {
+            assert!(message.contains("citizen_cpr"), "{message}");
+            assert!(
+                !message.contains(bad_cpr),
+                "the error must not echo the CPR"
+            );
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    // A recipient that is not a peer is refused the same way.
+    let error = psychiatry
+        .submit(submission(
+            "bad2",
+            sample::admission(CPR_A),
+            &["kommune.ukendt"],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::InvalidArgument { ref message } if message.contains("recipients")),
+        "{error:?}"
+    );
+
+    sites.stop(PSYCHIATRY.org_id).await.unwrap();
+    let db = sites.site(PSYCHIATRY.org_id).dir.join("data/tvaers.db");
+    let store = tvaers_daemon::store::sqlite::SqliteStore::open(&db)
+        .await
+        .unwrap();
+    use tvaers_daemon::store::Store;
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        counts.outbox_pending + counts.outbox_delivered + counts.outbox_failed,
+        0
+    );
+    assert_no_cpr_in_logs(&sites, &[bad_cpr, CPR_A]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_that_is_not_pinned_is_refused_and_named() {
+    const OUTSIDER: SiteSpec = SiteSpec {
+        org_id: "kommune.fremmed",
+        name: "Ukendt Kommune",
+        sector: "municipality",
+        pinned_by_others: false,
+    };
+    let mut sites = Sites::temporary(&[MUNICIPALITY, OUTSIDER]).unwrap();
+    sites.start_all().await.unwrap();
+    let outsider = sites.client(OUTSIDER.org_id).await.unwrap();
+    let id = outsider
+        .submit(submission(
+            "o1",
+            sample::no_show(CPR_A),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap()
+        .notice_id;
+    let fingerprint = sites.site(OUTSIDER.org_id).fingerprint.clone();
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    let error = loop {
+        let status = outsider.delivery_status(&id).await.unwrap();
+        let r = &status.recipients[0];
+        assert_ne!(r.state, DeliveryState::Delivered);
+        if let Some(error) = r.last_error.clone().filter(|e| e.contains("refused")) {
+            break error;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal reported: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains(&fingerprint),
+        "the sender's error names its fingerprint: {error}"
+    );
+    let log = sites.log(MUNICIPALITY.org_id);
+    assert!(
+        log.contains(&fingerprint),
+        "the receiver logs the refused fingerprint"
+    );
+    assert!(log.contains("UNKNOWN_PEER"));
+    let items = sites
+        .client(MUNICIPALITY.org_id)
+        .await
+        .unwrap()
+        .list_inbox(0, 10)
+        .await
+        .unwrap();
+    assert!(items.is_empty());
+}
+
+/// A hand-driven peer: psychiatry's real keys, but frames we choose.
+struct RawPeer {
+    connection: quinn::Connection,
+    _endpoint: Endpoint,
+}
+
+impl RawPeer {
+    async fn connect(sites: &Sites, as_org: &str, to_org: &str) -> RawPeer {
+        let me = sites.site(as_org);
+        let them = sites.site(to_org);
+        let identity = Identity::load(
+            &me.dir.join("keys/tls-cert.pem"),
+            &me.dir.join("keys/tls-key.pem"),
+        )
+        .unwrap();
+        let their_fp = Fingerprint::parse(&them.fingerprint).unwrap();
+        let endpoint = Endpoint::bind(
+            &EndpointSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                idle_timeout: Duration::from_secs(10),
+            },
+            identity,
+            TrustStore::new([(their_fp, to_org.to_owned())]),
+        )
+        .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", them.port).parse().unwrap();
+        let connection = endpoint.connect(addr, their_fp).await.unwrap();
+        RawPeer {
+            connection,
+            _endpoint: endpoint,
+        }
+    }
+
+    /// Sends raw bytes on a new stream and returns the receipt.
+    async fn exchange(&self, bytes: &[u8]) -> v1::Receipt {
+        let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
+        // The receiver may stop reading an oversized frame early.
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        let response: v1::PeerResponse = frame::read_message(&mut recv, 1 << 20).await.unwrap();
+        match response.body {
+            Some(v1::peer_response::Body::Receipt(r)) => r,
+            None => panic!("no receipt"),
+        }
+    }
+
+    async fn send_envelope(&self, envelope: v1::Envelope) -> v1::Receipt {
+        let request = v1::PeerRequest {
+            body: Some(v1::peer_request::Body::Notice(envelope)),
+        };
+        self.exchange(&frame::encode(&request)).await
+    }
+}
+
+fn envelope(sender: &str, recipient: &str, notice: v1::Notice) -> v1::Envelope {
+    let now = tvaers_daemon::now_ms();
+    v1::Envelope {
+        notice_id: uuid::Uuid::now_v7().to_string(),
+        idempotency_key: "raw".into(),
+        sender: sender.into(),
+        recipient: recipient.into(),
+        created_at_ms: now,
+        expires_at_ms: now + 60_000,
+        notice: Some(notice),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY, GENERAL_PRACTICE]).unwrap();
+    sites.start(MUNICIPALITY.org_id).await.unwrap();
+    let (kommune, psyk, gp) = (
+        MUNICIPALITY.org_id,
+        PSYCHIATRY.org_id,
+        GENERAL_PRACTICE.org_id,
+    );
+    let peer = RawPeer::connect(&sites, psyk, kommune).await;
+    let permanent = v1::ReceiptOutcome::RejectedPermanent as i32;
+
+    // Psychiatry's certificate, the GP's name: a forged sender.
+    let forged = peer
+        .send_envelope(envelope(gp, kommune, sample::admission(CPR_A)))
+        .await;
+    assert_eq!(
+        (forged.outcome, forged.reason_code.as_str()),
+        (permanent, "SENDER_MISMATCH")
+    );
+
+    // Announces 16 MiB: refused on the length prefix.
+    let mut oversized = (16u32 << 20).to_be_bytes().to_vec();
+    oversized.extend(std::iter::repeat_n(0u8, 70_000));
+    let receipt = peer.exchange(&oversized).await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "TOO_LARGE")
+    );
+
+    let mut malformed = 6u32.to_be_bytes().to_vec();
+    malformed.extend_from_slice(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let receipt = peer.exchange(&malformed).await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "MALFORMED")
+    );
+
+    let mut invalid = envelope(psyk, kommune, sample::admission(CPR_A));
+    invalid.notice.as_mut().unwrap().citizen_cpr = "3102814321".into();
+    let receipt = peer.send_envelope(invalid).await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "INVALID_FIELD")
+    );
+    assert!(
+        receipt.reason_text.contains("citizen_cpr") && !receipt.reason_text.contains("3102814321")
+    );
+
+    let wrong_recipient = peer
+        .send_envelope(envelope(psyk, gp, sample::admission(CPR_A)))
+        .await;
+    assert_eq!(wrong_recipient.reason_code, "WRONG_RECIPIENT");
+
+    // The same connection still works, and a resent notice is stored once.
+    let valid = envelope(psyk, kommune, sample::admission(CPR_A));
+    let first = peer.send_envelope(valid.clone()).await;
+    assert_eq!(first.outcome, v1::ReceiptOutcome::Accepted as i32);
+    let again = peer.send_envelope(valid.clone()).await;
+    assert_eq!(
+        again, first,
+        "a duplicate is answered with the stored receipt"
+    );
+
+    let items = sites
+        .client(kommune)
+        .await
+        .unwrap()
+        .list_inbox(0, 10)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].envelope.as_ref().unwrap().notice_id,
+        valid.notice_id
+    );
+    assert_eq!(
+        items[0].envelope.as_ref().unwrap().encode_to_vec(),
+        valid.encode_to_vec()
+    );
+    let log = sites.log(kommune);
+    for code in ["SENDER_MISMATCH", "TOO_LARGE", "MALFORMED", "INVALID_FIELD"] {
+        assert!(log.contains(code), "{code} is logged");
+    }
+    assert_no_cpr_in_logs(&sites, &[CPR_A, "3102814321"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_not_running_gives_an_error_naming_the_socket() {
+    let sites = Sites::temporary(&[MUNICIPALITY]).unwrap();
+    let socket = sites.site(MUNICIPALITY.org_id).socket.clone();
+    let error = Client::connect(&socket).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(&socket.display().to_string()), "{text}");
+    assert!(text.contains("tvaersd --config"), "{text}");
+}
