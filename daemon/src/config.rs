@@ -442,4 +442,18 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
+
+    #[test]
+    fn the_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        for (file, sector) in [
+            ("municipality.toml", Sector::Municipality),
+            ("psychiatry.toml", Sector::Psychiatry),
+            ("general-practice.toml", Sector::GeneralPractice),
+        ] {
+            let config = Config::load(&dir.join(file)).unwrap();
+            assert_eq!(config.site.sector, sector, "{file}");
+            assert_eq!(config.peers.len(), 2, "{file}");
+        }
+    }
 }
