@@ -372,6 +372,23 @@ fn find_or_build_daemon() -> Result<PathBuf> {
     if let Some(target_dir) = profile_dir.parent() {
         build.arg("--target-dir").arg(target_dir);
     }
+    // Cargo gives test processes variables such as CARGO_MANIFEST_DIR; some
+    // build scripts track them, so passing them on would rebuild the whole
+    // dependency tree here and again in the next outer build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_crate = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+            "CARGO_TARGET_TMPDIR",
+        ];
+        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
+            build.env_remove(name.as_ref());
+        }
+    }
     let status = build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()

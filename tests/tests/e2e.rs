@@ -676,3 +676,74 @@ async fn daemon_not_running_gives_an_error_naming_the_socket() {
     assert!(text.contains(&socket.display().to_string()), "{text}");
     assert!(text.contains("tvaersd --config"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_submitting_loses_no_acknowledged_notice() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start_all().await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = psychiatry.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let cpr = if i % 2 == 0 { CPR_A } else { CPR_B };
+                    let s = submission(
+                        &format!("w{w}-{i}"),
+                        sample::no_show(cpr),
+                        &[MUNICIPALITY.org_id],
+                    );
+                    match client.submit(s).await {
+                        Ok(submitted) => acked.lock().unwrap().push(submitted.notice_id),
+                        Err(_) => return, // the daemon went away
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = sites.stop(PSYCHIATRY.org_id).await.unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the daemon cleanly: {status}"
+    );
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    drop(psychiatry);
+
+    let acked = acked.lock().unwrap().clone();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    for id in &acked {
+        let status = psychiatry.wait_delivered(id, DELIVERY).await.unwrap();
+        assert!(
+            status.all_delivered(),
+            "an acknowledged notice is delivered: {status:?}"
+        );
+    }
+    let items = sites
+        .client(MUNICIPALITY.org_id)
+        .await
+        .unwrap()
+        .list_inbox(0, 1000)
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for item in &items {
+        assert!(
+            seen.insert(item.envelope.as_ref().unwrap().notice_id.clone()),
+            "stored twice"
+        );
+    }
+    for id in &acked {
+        assert!(
+            seen.contains(id),
+            "acknowledged notice {id} is missing at the receiver"
+        );
+    }
+}
