@@ -122,6 +122,15 @@ impl Sites {
         })
     }
 
+    /// Adds a line to a site's `[api]` table (before it starts).
+    pub fn add_api_setting(&self, org_id: &str, line: &str) -> Result<()> {
+        let config = &self.site(org_id).config;
+        let text = std::fs::read_to_string(config)?;
+        let text = text.replacen("[api]\n", &format!("[api]\n{line}\n"), 1);
+        std::fs::write(config, text)?;
+        Ok(())
+    }
+
     pub fn site(&self, org_id: &str) -> &Site {
         self.sites
             .iter()

@@ -747,3 +747,87 @@ async fn sigterm_while_submitting_loses_no_acknowledged_notice() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_api_also_serves_loopback_tcp_when_configured() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sites
+        .add_api_setting(PSYCHIATRY.org_id, &format!("tcp = \"127.0.0.1:{port}\""))
+        .unwrap();
+    sites.start_all().await.unwrap();
+    let over_tcp = Client::connect_tcp(&format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let submitted = over_tcp
+        .submit(submission(
+            "tcp-1",
+            sample::admission(CPR_A),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap();
+    let status = over_tcp
+        .wait_delivered(&submitted.notice_id, DELIVERY)
+        .await
+        .unwrap();
+    assert!(status.all_delivered());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notice_not_delivered_within_its_ttl_fails_with_the_reason() {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let submitted = psychiatry
+        .submit(
+            submission("ttl-1", sample::admission(CPR_A), &[MUNICIPALITY.org_id])
+                .ttl(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let status = psychiatry
+        .wait_delivered(&submitted.notice_id, DELIVERY)
+        .await
+        .unwrap();
+    let recipient = &status.recipients[0];
+    assert_eq!(recipient.state, DeliveryState::Failed);
+    assert!(
+        recipient
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{recipient:?}"
+    );
+
+    // Once the peer is up, the expired notice is still not delivered.
+    sites.start(MUNICIPALITY.org_id).await.unwrap();
+    let later = psychiatry
+        .submit(submission(
+            "ttl-2",
+            sample::discharge(CPR_A),
+            &[MUNICIPALITY.org_id],
+        ))
+        .await
+        .unwrap();
+    assert!(
+        psychiatry
+            .wait_delivered(&later.notice_id, DELIVERY)
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+    let items = sites
+        .client(MUNICIPALITY.org_id)
+        .await
+        .unwrap()
+        .list_inbox(0, 10)
+        .await
+        .unwrap();
+    assert_eq!(kinds(&items), ["discharge"]);
+}

@@ -50,6 +50,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // Building tvaersd (when it is out of date) is not part of the demo.
+    tvaers_e2e::daemon_binary()?;
     let started = Instant::now();
     let specs = [MUNICIPALITY, PSYCHIATRY, GENERAL_PRACTICE];
     let mut sites = match &args.dir {
