@@ -69,9 +69,36 @@ pub struct Site {
     pub sector: Sector,
 }
 
-#[derive(Debug, Clone)]
+/// Default of `store.max_connections` (PostgreSQL only).
+pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 8;
+
+#[derive(Clone)]
 pub enum StoreConfig {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
+    /// `url` may carry a password: never log it, show
+    /// [`crate::store::postgres::describe_url`] instead (as `Debug` does).
+    Postgres {
+        url: String,
+        max_connections: u32,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Postgres {
+                url,
+                max_connections,
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &crate::store::postgres::describe_url(url))
+                .field("max_connections", max_connections)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +160,7 @@ struct FileSite {
 #[serde(deny_unknown_fields)]
 struct FileStore {
     url: String,
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -253,14 +281,42 @@ impl Config {
                 if rest.is_empty() {
                     return Err(invalid("store.url", "sqlite URL has no file path".into()));
                 }
+                if file.store.max_connections.is_some() {
+                    return Err(invalid(
+                        "store.max_connections",
+                        "applies only to a PostgreSQL store.url".into(),
+                    ));
+                }
                 StoreConfig::Sqlite {
                     path: resolve(Path::new(rest)),
+                }
+            }
+            Some(("postgres" | "postgresql", rest)) => {
+                if !rest.starts_with("//") {
+                    return Err(invalid(
+                        "store.url",
+                        "expected `postgres://[USER@]HOST[:PORT]/DATABASE`".into(),
+                    ));
+                }
+                let max_connections = file
+                    .store
+                    .max_connections
+                    .unwrap_or(DEFAULT_POSTGRES_MAX_CONNECTIONS);
+                if max_connections == 0 {
+                    return Err(invalid(
+                        "store.max_connections",
+                        "must be at least 1".into(),
+                    ));
+                }
+                StoreConfig::Postgres {
+                    url: file.store.url.clone(),
+                    max_connections,
                 }
             }
             _ => {
                 return Err(invalid(
                     "store.url",
-                    "expected `sqlite://PATH` (PostgreSQL is not supported yet)".into(),
+                    "expected `sqlite://PATH` or `postgres://[USER@]HOST[:PORT]/DATABASE`".into(),
                 ));
             }
         };
@@ -414,6 +470,7 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
             StoreConfig::Sqlite { path } => {
                 assert_eq!(path, &PathBuf::from("/etc/tvaers/data/tvaers.db"))
             }
+            other => panic!("expected SQLite, got {other:?}"),
         }
         assert_eq!(c.delivery.ttl_seconds, 7 * 24 * 3600);
         assert_eq!(c.peers.len(), 1);
@@ -441,6 +498,54 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         let bad = GOOD.replace("[store]", "[store]\nbogus = 1");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn postgres_store_urls() {
+        let url = "postgres://tvaers:s3cret@db.example:5432/tvaers";
+        let good = GOOD.replace("sqlite://data/tvaers.db", url);
+        let c = Config::parse(Path::new("x.toml"), &good).unwrap();
+        match &c.store {
+            StoreConfig::Postgres {
+                url: parsed,
+                max_connections,
+            } => {
+                assert_eq!(parsed, url);
+                assert_eq!(*max_connections, DEFAULT_POSTGRES_MAX_CONNECTIONS);
+            }
+            other => panic!("expected PostgreSQL, got {other:?}"),
+        }
+        // Debug output (e.g. in a log line) never shows the password.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("db.example"), "{debug}");
+
+        let good = GOOD.replace(
+            "url = \"sqlite://data/tvaers.db\"",
+            "url = \"postgresql://postgres@127.0.0.1/test\"\nmax_connections = 3",
+        );
+        let c = Config::parse(Path::new("x.toml"), &good).unwrap();
+        assert!(matches!(
+            c.store,
+            StoreConfig::Postgres {
+                max_connections: 3,
+                ..
+            }
+        ));
+
+        let bad = good.replace("max_connections = 3", "max_connections = 0");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("store.max_connections"), "{err}");
+
+        let bad = GOOD.replace("[store]", "[store]\nmax_connections = 3");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("store.max_connections"), "{err}");
+
+        for url in ["mysql://db/tvaers", "postgres:tvaers"] {
+            let bad = GOOD.replace("sqlite://data/tvaers.db", url);
+            let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+            assert!(err.to_string().contains("store.url"), "{err}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::delivery::CitizenKeys;
 use crate::delivery::driver::{DriverSettings, PeerDriver, PeerTarget};
 use crate::delivery::machine::{MachineConfig, Pending};
 use crate::receive::Receiver;
+use crate::store::postgres::{PostgresStore, describe_url};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::transport::endpoint::{Endpoint, EndpointSettings, TransportError};
@@ -80,6 +81,18 @@ pub async fn run(
                 })?;
             }
             Arc::new(SqliteStore::open(path).await?)
+        }
+        StoreConfig::Postgres {
+            url,
+            max_connections,
+        } => {
+            // The URL may carry a password: log only where it points.
+            tracing::info!(
+                store = %describe_url(url),
+                max_connections,
+                "opening the PostgreSQL store"
+            );
+            Arc::new(PostgresStore::open(url, *max_connections).await?)
         }
     };
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;

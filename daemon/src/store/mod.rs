@@ -5,11 +5,13 @@
 //! envelope travels as the encoded bytes the daemon produced, and the store
 //! never decodes it. Every method that writes takes a batch and commits it in
 //! one transaction, so concurrent callers share one fsync (see
-//! [`crate::batch`]). Backends: [`sqlite`] (the embedded default). Each one
-//! passes the shared suite in [`suite`].
+//! [`crate::batch`]). Backends: [`sqlite`] (the embedded default) and
+//! [`postgres`] (for sites that run a PostgreSQL server). Each one passes the
+//! shared suite in [`suite`].
 
 use crate::Millis;
 
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;

@@ -4,7 +4,9 @@
 //! Each case is an `async fn` taking a fresh, empty store. A backend runs
 //! them all with [`store_suite!`], given an expression that yields
 //! `(guard, store)`: the guard (a temporary directory, a test database…)
-//! lives until the case ends.
+//! lives until the case ends. A backend that needs an outside server may
+//! yield `Option<(guard, store)>` instead: `None` skips the case (the
+//! backend says why on stderr).
 //!
 //! ```ignore
 //! #[cfg(test)]
@@ -872,9 +874,34 @@ pub(crate) async fn large_batches(store: &dyn Store) {
     assert_eq!(store.counts().await.unwrap().inbox_total, 1_000);
 }
 
+/// What a backend's `$make` in [`store_suite!`] may yield: a fresh store
+/// with its guard, or `None` when the case must be skipped.
+pub(crate) trait Fresh {
+    type Guard;
+    type Store;
+    fn into_fresh(self) -> Option<(Self::Guard, Self::Store)>;
+}
+
+impl<G, S> Fresh for (G, S) {
+    type Guard = G;
+    type Store = S;
+    fn into_fresh(self) -> Option<(G, S)> {
+        Some(self)
+    }
+}
+
+impl<G, S> Fresh for Option<(G, S)> {
+    type Guard = G;
+    type Store = S;
+    fn into_fresh(self) -> Option<(G, S)> {
+        self
+    }
+}
+
 /// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
 /// expression (evaluated afresh for each test) that awaits to
-/// `(guard, store)`; the store must be empty.
+/// `(guard, store)`, or to `Option<(guard, store)>` where `None` skips the
+/// case; the store must be empty.
 macro_rules! store_suite {
     ($make:expr) => {
         $crate::store::suite::store_suite!(@cases $make;
@@ -903,7 +930,11 @@ macro_rules! store_suite {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let (_guard, store) = $make.await;
+                    let Some((_guard, store)) =
+                        $crate::store::suite::Fresh::into_fresh($make.await)
+                    else {
+                        return;
+                    };
                     $crate::store::suite::$case(&store).await;
                     $crate::store::Store::close(&store).await;
                 }
