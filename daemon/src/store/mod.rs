@@ -12,6 +12,7 @@
 use crate::Millis;
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;

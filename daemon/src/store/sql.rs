@@ -1,0 +1,730 @@
+//! The SQL both backends share: [`super::sqlite`] and [`super::postgres`]
+//! run the same statements, written once here.
+//!
+//! Pure helpers are plain functions. The [`Store`](super::Store)
+//! implementation itself is generated per backend by [`sql_store!`]: a
+//! generic `impl<DB: sqlx::Database>` would need a bound for every type bound
+//! into every statement (`for<'q> T: Encode<'q, DB> + Type<DB>`, plus
+//! `Decode` for every column read and `Executor` for the pool and the
+//! transaction), which is unwieldy and hides the SQL. Every statement is
+//! built with [`sqlx::QueryBuilder`] and `push_bind`, so its text carries no
+//! backend's placeholder syntax.
+//!
+//! A backend provides a type with a `pool` field (its `sqlx::Pool`), an
+//! inherent `async fn begin_write(&self, operation: &'static str) ->
+//! Result<Transaction<'static, DB>, StoreError>` that opens a write
+//! transaction the way that backend needs, and its parameter limit per
+//! statement.
+
+use super::{OutboxState, StoreError};
+
+/// Outbox states an update may still change; `delivered` and `failed` are
+/// final.
+pub(super) const OPEN_STATES: &str = "('pending', 'in_flight')";
+
+/// Wraps a sqlx error with the store operation it happened in.
+pub(super) fn query_error(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
+    move |source| StoreError::Query { operation, source }
+}
+
+/// Rows per multi-row statement with `columns` bind parameters each, for a
+/// backend allowing `max_binds` parameters per statement.
+pub(super) fn rows_per_chunk(max_binds: usize, columns: usize) -> usize {
+    (max_binds / columns).max(1)
+}
+
+pub(super) fn parse_state(seq: i64, text: &str) -> Result<OutboxState, StoreError> {
+    OutboxState::parse(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("outbox row {seq} has unknown state {text:?}")))
+}
+
+pub(super) fn parse_attempts(seq: i64, attempts: i64) -> Result<u32, StoreError> {
+    u32::try_from(attempts).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "outbox row {seq} has attempt count {attempts} out of range"
+        ))
+    })
+}
+
+pub(super) fn parse_cursor(cursor: i64) -> Result<u64, StoreError> {
+    u64::try_from(cursor)
+        .map_err(|_| StoreError::Corrupt(format!("inbox cursor {cursor} is negative")))
+}
+
+pub(super) fn parse_count(what: &str, count: i64) -> Result<u64, StoreError> {
+    u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("{what} count {count}")))
+}
+
+/// `impl Store for $store` over the sqlx database `$db`, with multi-row
+/// statements of at most `$max_binds` bind parameters. See the module
+/// documentation for what `$store` must provide.
+macro_rules! sql_store {
+    ($store:ty, $db:ty, max_binds = $max_binds:expr) => {
+        const _: () = {
+            use std::collections::hash_map::Entry;
+            use std::collections::{BTreeMap, HashMap, HashSet};
+
+            use sqlx::{QueryBuilder, Row, Transaction};
+
+            use $crate::Millis;
+            use $crate::store::sql::{
+                OPEN_STATES, parse_attempts, parse_count, parse_cursor, parse_state, query_error,
+                rows_per_chunk,
+            };
+            use $crate::store::{
+                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OutboxItem,
+                OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
+            };
+
+            /// The updates of one run of [`OutboxUpdate`]s in which no row appears
+            /// twice, so they can be applied grouped by kind without changing the result
+            /// of applying them one by one.
+            #[derive(Default)]
+            struct UpdateGroup {
+                /// Rows sent, by their new attempt count.
+                in_flight: BTreeMap<u32, Vec<i64>>,
+                delivered: Vec<(i64, Vec<u8>, Millis)>,
+                failed: Vec<(i64, String, Option<Vec<u8>>, Millis)>,
+                retry: Vec<(i64, Millis, String)>,
+                seqs: HashSet<i64>,
+            }
+
+            impl UpdateGroup {
+                /// Adds `update` unless its row is already in the group; then hands it
+                /// back so the group can be flushed first.
+                fn try_add(&mut self, update: OutboxUpdate) -> Result<(), OutboxUpdate> {
+                    let seq = match &update {
+                        OutboxUpdate::InFlight { seq, .. }
+                        | OutboxUpdate::Delivered { seq, .. }
+                        | OutboxUpdate::Failed { seq, .. }
+                        | OutboxUpdate::Retry { seq, .. } => *seq,
+                    };
+                    if !self.seqs.insert(seq) {
+                        return Err(update);
+                    }
+                    match update {
+                        OutboxUpdate::InFlight { seq, attempts } => {
+                            self.in_flight.entry(attempts).or_default().push(seq);
+                        }
+                        OutboxUpdate::Delivered {
+                            seq,
+                            receipt,
+                            at_ms,
+                        } => self.delivered.push((seq, receipt, at_ms)),
+                        OutboxUpdate::Failed {
+                            seq,
+                            reason,
+                            receipt,
+                            at_ms,
+                        } => self.failed.push((seq, reason, receipt, at_ms)),
+                        OutboxUpdate::Retry {
+                            seq,
+                            next_attempt_at_ms,
+                            error,
+                        } => self.retry.push((seq, next_attempt_at_ms, error)),
+                    }
+                    Ok(())
+                }
+
+                /// Writes the group with one statement per kind (and chunk) and empties it.
+                async fn flush(&mut self, tx: &mut Transaction<'static, $db>) -> Result<(), StoreError> {
+                    const OP: &str = "update_outbox";
+                    let error = query_error(OP);
+
+                    for (attempts, seqs) in std::mem::take(&mut self.in_flight) {
+                        for chunk in seqs.chunks($max_binds - 1) {
+                            let mut query = QueryBuilder::<$db>::new(
+                                "UPDATE outbox SET state = 'in_flight', attempts = ",
+                            );
+                            query.push_bind(i64::from(attempts));
+                            query.push(format_args!(" WHERE state IN {OPEN_STATES} AND seq IN ("));
+                            let mut list = query.separated(", ");
+                            for seq in chunk {
+                                list.push_bind(*seq);
+                            }
+                            list.push_unseparated(")");
+                            query
+                                .build()
+                                .persistent(false)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err(error)?;
+                        }
+                    }
+
+                    let delivered = std::mem::take(&mut self.delivered);
+                    let mut rows = delivered.into_iter().peekable();
+                    while rows.peek().is_some() {
+                        let mut query = QueryBuilder::<$db>::new("WITH v (seq, receipt, at_ms) AS (");
+                        query.push_values(rows.by_ref().take(rows_per_chunk($max_binds, 3)), |mut row, item| {
+                            let (seq, receipt, at_ms) = item;
+                            row.push_bind(seq).push_bind(receipt).push_bind(at_ms);
+                        });
+                        query.push(format_args!(
+                            ") UPDATE outbox SET state = 'delivered', receipt = v.receipt, \
+                             finished_at_ms = v.at_ms FROM v \
+                             WHERE outbox.seq = v.seq AND outbox.state IN {OPEN_STATES}"
+                        ));
+                        query
+                            .build()
+                            .persistent(false)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(error)?;
+                    }
+
+                    let failed = std::mem::take(&mut self.failed);
+                    let mut rows = failed.into_iter().peekable();
+                    while rows.peek().is_some() {
+                        let mut query =
+                            QueryBuilder::<$db>::new("WITH v (seq, reason, receipt, at_ms) AS (");
+                        query.push_values(rows.by_ref().take(rows_per_chunk($max_binds, 4)), |mut row, item| {
+                            let (seq, reason, receipt, at_ms) = item;
+                            row.push_bind(seq)
+                                .push_bind(reason)
+                                .push_bind(receipt)
+                                .push_bind(at_ms);
+                        });
+                        query.push(format_args!(
+                            ") UPDATE outbox SET state = 'failed', last_error = v.reason, \
+                             receipt = v.receipt, finished_at_ms = v.at_ms FROM v \
+                             WHERE outbox.seq = v.seq AND outbox.state IN {OPEN_STATES}"
+                        ));
+                        query
+                            .build()
+                            .persistent(false)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(error)?;
+                    }
+
+                    let retry = std::mem::take(&mut self.retry);
+                    let mut rows = retry.into_iter().peekable();
+                    while rows.peek().is_some() {
+                        let mut query =
+                            QueryBuilder::<$db>::new("WITH v (seq, next_attempt_at_ms, error) AS (");
+                        query.push_values(rows.by_ref().take(rows_per_chunk($max_binds, 3)), |mut row, item| {
+                            let (seq, next_attempt_at_ms, error) = item;
+                            row.push_bind(seq)
+                                .push_bind(next_attempt_at_ms)
+                                .push_bind(error);
+                        });
+                        query.push(format_args!(
+                            ") UPDATE outbox SET state = 'pending', \
+                             next_attempt_at_ms = v.next_attempt_at_ms, last_error = v.error FROM v \
+                             WHERE outbox.seq = v.seq AND outbox.state IN {OPEN_STATES}"
+                        ));
+                        query
+                            .build()
+                            .persistent(false)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(error)?;
+                    }
+
+                    self.seqs.clear();
+                    Ok(())
+                }
+            }
+
+            #[async_trait::async_trait]
+            impl Store for $store {
+                async fn submit(&self, mut batch: Vec<NewNotice>) -> Result<Vec<SubmitOutcome>, StoreError> {
+                    const OP: &str = "submit";
+                    let error = query_error(OP);
+                    if batch.is_empty() {
+                        return Ok(Vec::new());
+                    }
+
+                    // Envelopes move into the statements; everything else is still
+                    // needed to answer.
+                    let mut envelopes: Vec<Vec<Vec<u8>>> = batch
+                        .iter_mut()
+                        .map(|notice| {
+                            notice
+                                .recipients
+                                .iter_mut()
+                                .map(|item| std::mem::take(&mut item.envelope))
+                                .collect()
+                        })
+                        .collect();
+                    let batch = batch;
+
+                    // The first notice with each key is the one that may be stored; a
+                    // later one with the same key is answered as a retry of it.
+                    let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+                    let mut firsts: Vec<usize> = Vec::new();
+                    for (index, notice) in batch.iter().enumerate() {
+                        if let Entry::Vacant(entry) = first_with_key.entry(notice.idempotency_key.as_str()) {
+                            entry.insert(index);
+                            firsts.push(index);
+                        }
+                    }
+
+                    let mut tx = self.begin_write(OP).await?;
+
+                    // Keys whose notice this batch stored.
+                    let mut stored_keys: HashSet<String> = HashSet::new();
+                    for chunk in firsts.chunks(rows_per_chunk($max_binds, 5)) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO notices \
+                             (notice_id, idempotency_key, request_digest, created_at_ms, expires_at_ms) ",
+                        );
+                        query.push_values(chunk, |mut row, &index| {
+                            let notice = &batch[index];
+                            row.push_bind(notice.notice_id.as_str())
+                                .push_bind(notice.idempotency_key.as_str())
+                                .push_bind(notice.request_digest.as_slice())
+                                .push_bind(notice.created_at_ms)
+                                .push_bind(notice.expires_at_ms);
+                        });
+                        query.push(" ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key");
+                        let keys: Vec<String> = query
+                            .build_query_scalar()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                        stored_keys.extend(keys);
+                    }
+
+                    // Keys stored before this batch: their notice id and digest.
+                    let known_keys: Vec<&str> = firsts
+                        .iter()
+                        .map(|&index| batch[index].idempotency_key.as_str())
+                        .filter(|key| !stored_keys.contains(*key))
+                        .collect();
+                    let mut known: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+                    for chunk in known_keys.chunks($max_binds) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "SELECT idempotency_key, notice_id, request_digest FROM notices \
+                             WHERE idempotency_key IN (",
+                        );
+                        let mut list = query.separated(", ");
+                        for key in chunk {
+                            list.push_bind(*key);
+                        }
+                        list.push_unseparated(")");
+                        let rows = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                        for row in rows {
+                            let key: String = row.try_get(0).map_err(error)?;
+                            let notice_id: String = row.try_get(1).map_err(error)?;
+                            let digest: Vec<u8> = row.try_get(2).map_err(error)?;
+                            known.insert(key, (notice_id, digest));
+                        }
+                    }
+
+                    // Outbox rows of the notices stored now, in input order.
+                    let new_rows: Vec<(usize, usize)> = firsts
+                        .iter()
+                        .filter(|&&index| stored_keys.contains(&batch[index].idempotency_key))
+                        .flat_map(|&index| (0..batch[index].recipients.len()).map(move |item| (index, item)))
+                        .collect();
+                    let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(new_rows.len());
+                    for chunk in new_rows.chunks(rows_per_chunk($max_binds, 4)) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO outbox (notice_id, recipient, envelope, next_attempt_at_ms, state) ",
+                        );
+                        query.push_values(chunk, |mut row, &(index, item)| {
+                            let notice = &batch[index];
+                            row.push_bind(notice.notice_id.as_str())
+                                .push_bind(notice.recipients[item].recipient.as_str())
+                                .push_bind(std::mem::take(&mut envelopes[index][item]))
+                                .push_bind(notice.created_at_ms)
+                                .push("'pending'");
+                        });
+                        query.push(" RETURNING seq, notice_id, recipient");
+                        let rows = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                        for row in rows {
+                            let seq: i64 = row.try_get(0).map_err(error)?;
+                            let notice_id: String = row.try_get(1).map_err(error)?;
+                            let recipient: String = row.try_get(2).map_err(error)?;
+                            seqs.insert((notice_id, recipient), seq);
+                        }
+                    }
+
+                    tx.commit().await.map_err(error)?;
+
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for (index, notice) in batch.iter().enumerate() {
+                        let key = notice.idempotency_key.as_str();
+                        let first = first_with_key.get(key).copied().unwrap_or(index);
+                        let (original_id, original_digest) = if stored_keys.contains(key) {
+                            if first == index {
+                                let mut outbox_seqs = Vec::with_capacity(notice.recipients.len());
+                                for item in &notice.recipients {
+                                    let seq = seqs
+                                        .get(&(notice.notice_id.clone(), item.recipient.clone()))
+                                        .copied()
+                                        .ok_or_else(|| {
+                                            StoreError::Corrupt(format!(
+                                                "no outbox row returned for notice {}",
+                                                notice.notice_id
+                                            ))
+                                        })?;
+                                    outbox_seqs.push(seq);
+                                }
+                                outcomes.push(SubmitOutcome::Stored { outbox_seqs });
+                                continue;
+                            }
+                            let original = &batch[first];
+                            (&original.notice_id, &original.request_digest)
+                        } else {
+                            let (notice_id, digest) = known.get(key).ok_or_else(|| {
+                                StoreError::Corrupt(
+                                    "an idempotency key conflicted but no notice holds it".to_owned(),
+                                )
+                            })?;
+                            (notice_id, digest)
+                        };
+                        outcomes.push(if *original_digest == notice.request_digest {
+                            SubmitOutcome::Duplicate {
+                                notice_id: original_id.clone(),
+                            }
+                        } else {
+                            SubmitOutcome::KeyReused {
+                                notice_id: original_id.clone(),
+                            }
+                        });
+                    }
+                    Ok(outcomes)
+                }
+
+                async fn undelivered(&self, recipient: &str) -> Result<Vec<OutboxItem>, StoreError> {
+                    const OP: &str = "undelivered";
+                    let error = query_error(OP);
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT o.seq, o.notice_id, o.recipient, o.envelope, o.state, o.attempts, \
+                                o.next_attempt_at_ms, n.expires_at_ms, o.last_error \
+                         FROM outbox o JOIN notices n ON n.notice_id = o.notice_id \
+                         WHERE o.recipient = ",
+                    );
+                    query.push_bind(recipient);
+                    query.push(" AND o.state IN ('pending', 'in_flight') ORDER BY o.seq");
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row: &<$db as sqlx::Database>::Row| {
+                            let seq: i64 = row.try_get(0).map_err(error)?;
+                            let state: &str = row.try_get(4).map_err(error)?;
+                            let attempts: i64 = row.try_get(5).map_err(error)?;
+                            Ok(OutboxItem {
+                                seq,
+                                notice_id: row.try_get(1).map_err(error)?,
+                                recipient: row.try_get(2).map_err(error)?,
+                                envelope: row.try_get(3).map_err(error)?,
+                                state: parse_state(seq, state)?,
+                                attempts: parse_attempts(seq, attempts)?,
+                                next_attempt_at_ms: row.try_get(6).map_err(error)?,
+                                expires_at_ms: row.try_get(7).map_err(error)?,
+                                last_error: row.try_get(8).map_err(error)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError> {
+                    const OP: &str = "update_outbox";
+                    if updates.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut group = UpdateGroup::default();
+                    for update in updates {
+                        if let Err(update) = group.try_add(update) {
+                            // The row comes back: apply what came before it first.
+                            group.flush(&mut tx).await?;
+                            if group.try_add(update).is_err() {
+                                return Err(StoreError::Corrupt(
+                                    "an emptied update group refused an update".to_owned(),
+                                ));
+                            }
+                        }
+                    }
+                    group.flush(&mut tx).await?;
+                    tx.commit().await.map_err(query_error(OP))
+                }
+
+                async fn delivery(&self, notice_id: &str) -> Result<Option<NoticeDelivery>, StoreError> {
+                    const OP: &str = "delivery";
+                    let error = query_error(OP);
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT n.created_at_ms, o.seq, o.recipient, o.state, o.attempts, \
+                                o.next_attempt_at_ms, o.last_error, o.finished_at_ms, o.receipt \
+                         FROM notices n LEFT JOIN outbox o ON o.notice_id = n.notice_id \
+                         WHERE n.notice_id = ",
+                    );
+                    query.push_bind(notice_id);
+                    query.push(" ORDER BY o.seq");
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    let Some(first) = rows.first() else {
+                        return Ok(None);
+                    };
+                    let created_at_ms: Millis = first.try_get(0).map_err(error)?;
+                    let mut recipients = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        // A notice without recipients joins to one row of NULLs.
+                        let Some(seq) = row.try_get::<Option<i64>, _>(1).map_err(error)? else {
+                            continue;
+                        };
+                        let state: &str = row.try_get(3).map_err(error)?;
+                        let attempts: i64 = row.try_get(4).map_err(error)?;
+                        recipients.push(RecipientDelivery {
+                            seq,
+                            recipient: row.try_get(2).map_err(error)?,
+                            state: parse_state(seq, state)?,
+                            attempts: parse_attempts(seq, attempts)?,
+                            next_attempt_at_ms: row.try_get(5).map_err(error)?,
+                            last_error: row.try_get(6).map_err(error)?,
+                            finished_at_ms: row.try_get(7).map_err(error)?,
+                            receipt: row.try_get(8).map_err(error)?,
+                        });
+                    }
+                    Ok(Some(NoticeDelivery {
+                        notice_id: notice_id.to_owned(),
+                        created_at_ms,
+                        recipients,
+                    }))
+                }
+
+                async fn accept_inbox(
+                    &self,
+                    mut batch: Vec<IncomingNotice>,
+                ) -> Result<Vec<AcceptOutcome>, StoreError> {
+                    const OP: &str = "accept_inbox";
+                    let error = query_error(OP);
+                    if batch.is_empty() {
+                        return Ok(Vec::new());
+                    }
+
+                    let mut envelopes: Vec<Vec<u8>> = batch
+                        .iter_mut()
+                        .map(|notice| std::mem::take(&mut notice.envelope))
+                        .collect();
+                    let batch = batch;
+
+                    // The first copy of each (sender, notice id) is the one that may be
+                    // stored; later copies are answered with its cursor and receipt.
+                    let mut first_copy: HashMap<(&str, &str), usize> = HashMap::new();
+                    let mut firsts: Vec<usize> = Vec::new();
+                    for (index, notice) in batch.iter().enumerate() {
+                        let key = (notice.sender.as_str(), notice.notice_id.as_str());
+                        if let Entry::Vacant(entry) = first_copy.entry(key) {
+                            entry.insert(index);
+                            firsts.push(index);
+                        }
+                    }
+
+                    let mut tx = self.begin_write(OP).await?;
+
+                    // (sender, notice id) stored now → cursor.
+                    let mut stored: HashMap<(String, String), i64> = HashMap::with_capacity(firsts.len());
+                    for chunk in firsts.chunks(rows_per_chunk($max_binds, 5)) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO inbox (sender, notice_id, envelope, received_at_ms, receipt) ",
+                        );
+                        query.push_values(chunk, |mut row, &index| {
+                            let notice = &batch[index];
+                            row.push_bind(notice.sender.as_str())
+                                .push_bind(notice.notice_id.as_str())
+                                .push_bind(std::mem::take(&mut envelopes[index]))
+                                .push_bind(notice.received_at_ms)
+                                .push_bind(notice.receipt.as_slice());
+                        });
+                        query.push(
+                            " ON CONFLICT (sender, notice_id) DO NOTHING RETURNING cursor, sender, notice_id",
+                        );
+                        let rows = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                        for row in rows {
+                            let cursor: i64 = row.try_get(0).map_err(error)?;
+                            let sender: String = row.try_get(1).map_err(error)?;
+                            let notice_id: String = row.try_get(2).map_err(error)?;
+                            stored.insert((sender, notice_id), cursor);
+                        }
+                    }
+
+                    // Copies stored before this batch: their cursor and receipt.
+                    let is_stored = |notice: &IncomingNotice| {
+                        stored.contains_key(&(notice.sender.clone(), notice.notice_id.clone()))
+                    };
+                    let known_keys: Vec<usize> = firsts
+                        .iter()
+                        .copied()
+                        .filter(|&index| !is_stored(&batch[index]))
+                        .collect();
+                    let mut known: HashMap<(String, String), (i64, Vec<u8>)> = HashMap::new();
+                    for chunk in known_keys.chunks(rows_per_chunk($max_binds, 2)) {
+                        let mut query = QueryBuilder::<$db>::new("WITH k (sender, notice_id) AS (");
+                        query.push_values(chunk, |mut row, &index| {
+                            let notice = &batch[index];
+                            row.push_bind(notice.sender.as_str())
+                                .push_bind(notice.notice_id.as_str());
+                        });
+                        query.push(
+                            ") SELECT i.cursor, i.sender, i.notice_id, i.receipt FROM k \
+                             JOIN inbox i ON i.sender = k.sender AND i.notice_id = k.notice_id",
+                        );
+                        let rows = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                        for row in rows {
+                            let cursor: i64 = row.try_get(0).map_err(error)?;
+                            let sender: String = row.try_get(1).map_err(error)?;
+                            let notice_id: String = row.try_get(2).map_err(error)?;
+                            let receipt: Vec<u8> = row.try_get(3).map_err(error)?;
+                            known.insert((sender, notice_id), (cursor, receipt));
+                        }
+                    }
+
+                    tx.commit().await.map_err(error)?;
+
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for (index, notice) in batch.iter().enumerate() {
+                        let key = (notice.sender.clone(), notice.notice_id.clone());
+                        let outcome = if let Some(&cursor) = stored.get(&key) {
+                            let first = first_copy
+                                .get(&(notice.sender.as_str(), notice.notice_id.as_str()))
+                                .copied()
+                                .unwrap_or(index);
+                            AcceptOutcome {
+                                cursor: parse_cursor(cursor)?,
+                                newly_stored: first == index,
+                                receipt: batch[first].receipt.clone(),
+                            }
+                        } else {
+                            let (cursor, receipt) = known.get(&key).ok_or_else(|| {
+                                StoreError::Corrupt(
+                                    "an inbox item conflicted but no stored item matches it".to_owned(),
+                                )
+                            })?;
+                            AcceptOutcome {
+                                cursor: parse_cursor(*cursor)?,
+                                newly_stored: false,
+                                receipt: receipt.clone(),
+                            }
+                        };
+                        outcomes.push(outcome);
+                    }
+                    Ok(outcomes)
+                }
+
+                async fn inbox_after(
+                    &self,
+                    after_cursor: u64,
+                    limit: u32,
+                    unacked_only: bool,
+                ) -> Result<Vec<InboxRecord>, StoreError> {
+                    const OP: &str = "inbox_after";
+                    let error = query_error(OP);
+                    let Ok(after) = i64::try_from(after_cursor) else {
+                        // Cursors are positive i64 (SQLite rowids, PostgreSQL BIGINT
+                        // identities): none lies beyond i64::MAX.
+                        return Ok(Vec::new());
+                    };
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT cursor, sender, notice_id, envelope, received_at_ms, acked_at_ms \
+                         FROM inbox WHERE cursor > ",
+                    );
+                    query.push_bind(after);
+                    if unacked_only {
+                        query.push(" AND acked_at_ms IS NULL");
+                    }
+                    query.push(" ORDER BY cursor LIMIT ");
+                    query.push_bind(i64::from(limit));
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row: &<$db as sqlx::Database>::Row| {
+                            let cursor: i64 = row.try_get(0).map_err(error)?;
+                            Ok(InboxRecord {
+                                cursor: parse_cursor(cursor)?,
+                                sender: row.try_get(1).map_err(error)?,
+                                notice_id: row.try_get(2).map_err(error)?,
+                                envelope: row.try_get(3).map_err(error)?,
+                                received_at_ms: row.try_get(4).map_err(error)?,
+                                acked_at_ms: row.try_get(5).map_err(error)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn ack_inbox(&self, cursor: u64, at_ms: Millis) -> Result<bool, StoreError> {
+                    const OP: &str = "ack_inbox";
+                    let error = query_error(OP);
+                    let Ok(row_cursor) = i64::try_from(cursor) else {
+                        return Err(StoreError::NoSuchInboxItem(cursor));
+                    };
+                    // One statement, so no explicit transaction (see each backend
+                    // for how it commits).
+                    let mut query = QueryBuilder::<$db>::new("UPDATE inbox SET acked_at_ms = ");
+                    query.push_bind(at_ms);
+                    query.push(" WHERE cursor = ");
+                    query.push_bind(row_cursor);
+                    query.push(" AND acked_at_ms IS NULL");
+                    let result = query.build().execute(&self.pool).await.map_err(error)?;
+                    if result.rows_affected() > 0 {
+                        return Ok(true);
+                    }
+                    let mut query = QueryBuilder::<$db>::new("SELECT COUNT(*) FROM inbox WHERE cursor = ");
+                    query.push_bind(row_cursor);
+                    let exists: i64 = query
+                        .build_query_scalar()
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(error)?;
+                    if exists > 0 {
+                        Ok(false)
+                    } else {
+                        Err(StoreError::NoSuchInboxItem(cursor))
+                    }
+                }
+
+                async fn counts(&self) -> Result<StoreCounts, StoreError> {
+                    const OP: &str = "counts";
+                    let error = query_error(OP);
+                    // One statement, so all five counts come from one snapshot.
+                    let row = sqlx::query(
+                        "SELECT \
+                           (SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'in_flight')), \
+                           (SELECT COUNT(*) FROM outbox WHERE state = 'delivered'), \
+                           (SELECT COUNT(*) FROM outbox WHERE state = 'failed'), \
+                           (SELECT COUNT(*) FROM inbox), \
+                           (SELECT COUNT(*) FROM inbox WHERE acked_at_ms IS NULL)",
+                    )
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(error)?;
+                    Ok(StoreCounts {
+                        outbox_pending: parse_count("pending", row.try_get(0).map_err(error)?)?,
+                        outbox_delivered: parse_count("delivered", row.try_get(1).map_err(error)?)?,
+                        outbox_failed: parse_count("failed", row.try_get(2).map_err(error)?)?,
+                        inbox_total: parse_count("inbox", row.try_get(3).map_err(error)?)?,
+                        inbox_unacked: parse_count("unacked", row.try_get(4).map_err(error)?)?,
+                    })
+                }
+
+                async fn close(&self) {
+                    self.pool.close().await;
+                }
+            }
+        };
+    };
+}
+
+pub(super) use sql_store;
