@@ -252,6 +252,11 @@ impl Sites {
         matches!(site.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
+    /// The process id of a site's running daemon (for `/proc` figures).
+    pub fn pid(&self, org_id: &str) -> Option<u32> {
+        self.site(org_id).child.as_ref().map(Child::id)
+    }
+
     pub async fn client(&self, org_id: &str) -> Result<Client> {
         Ok(Client::connect(&self.site(org_id).socket).await?)
     }
