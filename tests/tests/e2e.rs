@@ -42,6 +42,20 @@ fn kinds(items: &[v1::InboxItem]) -> Vec<String> {
         .collect()
 }
 
+/// Every item of a site's inbox, up to `limit`.
+async fn inbox(sites: &Sites, org: &str, limit: u32) -> Vec<v1::InboxItem> {
+    let client = sites.client(org).await.unwrap();
+    client.list_inbox(0, limit).await.unwrap()
+}
+
+/// Waits until each notice is delivered to all its recipients.
+async fn assert_all_delivered(client: &Client, ids: &[String]) {
+    for id in ids {
+        let status = client.wait_delivered(id, DELIVERY).await.unwrap();
+        assert!(status.all_delivered(), "{status:?}");
+    }
+}
+
 /// No CPR number may appear in any daemon log.
 fn assert_no_cpr_in_logs(sites: &Sites, cprs: &[&str]) {
     let logs = sites.all_logs();
@@ -121,19 +135,7 @@ async fn each_kind_reaches_the_right_inbox_once_with_contents_intact() {
             .all_delivered()
     );
 
-    let inbox = |org: &'static str| {
-        let sites = &sites;
-        async move {
-            sites
-                .client(org)
-                .await
-                .unwrap()
-                .list_inbox(0, 100)
-                .await
-                .unwrap()
-        }
-    };
-    let k = inbox(kommune).await;
+    let k = inbox(&sites, kommune, 100).await;
     assert_eq!(kinds(&k), ["admission", "discharge", "correction"]);
     let first = k[0].envelope.as_ref().unwrap();
     assert_eq!(first.sender, psyk);
@@ -144,10 +146,10 @@ async fn each_kind_reaches_the_right_inbox_once_with_contents_intact() {
         &admission,
         "the notice arrives unchanged"
     );
-    let mut p = kinds(&inbox(psyk).await);
+    let mut p = kinds(&inbox(&sites, psyk, 100).await);
     p.sort();
     assert_eq!(p, ["no_show", "plan_change"]);
-    let mut g = kinds(&inbox(gp).await);
+    let mut g = kinds(&inbox(&sites, gp, 100).await);
     g.sort();
     assert_eq!(g, ["admission", "discharge", "plan_change"]);
 
@@ -264,22 +266,8 @@ async fn notices_to_a_peer_that_is_down_arrive_when_it_comes_up_in_citizen_order
     }
 
     sites.start(MUNICIPALITY.org_id).await.unwrap();
-    for id in &ids {
-        assert!(
-            psychiatry
-                .wait_delivered(id, DELIVERY)
-                .await
-                .unwrap()
-                .all_delivered()
-        );
-    }
-    let items = sites
-        .client(MUNICIPALITY.org_id)
-        .await
-        .unwrap()
-        .list_inbox(0, 100)
-        .await
-        .unwrap();
+    assert_all_delivered(&psychiatry, &ids).await;
+    let items = inbox(&sites, MUNICIPALITY.org_id, 100).await;
     assert_eq!(items.len(), 4);
     let order: Vec<(String, String)> = items
         .iter()
@@ -332,22 +320,8 @@ async fn sender_killed_with_pending_notices_delivers_all_exactly_once_after_rest
     sites.start(MUNICIPALITY.org_id).await.unwrap();
     sites.start(PSYCHIATRY.org_id).await.unwrap();
     let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
-    for id in &ids {
-        assert!(
-            psychiatry
-                .wait_delivered(id, DELIVERY)
-                .await
-                .unwrap()
-                .all_delivered()
-        );
-    }
-    let items = sites
-        .client(MUNICIPALITY.org_id)
-        .await
-        .unwrap()
-        .list_inbox(0, 1000)
-        .await
-        .unwrap();
+    assert_all_delivered(&psychiatry, &ids).await;
+    let items = inbox(&sites, MUNICIPALITY.org_id, 1000).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for item in &items {
         *counts
@@ -396,13 +370,7 @@ async fn same_submit_twice_is_stored_and_delivered_once() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let items = sites
-        .client(MUNICIPALITY.org_id)
-        .await
-        .unwrap()
-        .list_inbox(0, 100)
-        .await
-        .unwrap();
+    let items = inbox(&sites, MUNICIPALITY.org_id, 100).await;
     assert_eq!(items.len(), 1);
 }
 
@@ -503,13 +471,7 @@ async fn a_certificate_that_is_not_pinned_is_refused_and_named() {
         "the receiver logs the refused fingerprint"
     );
     assert!(log.contains("UNKNOWN_PEER"));
-    let items = sites
-        .client(MUNICIPALITY.org_id)
-        .await
-        .unwrap()
-        .list_inbox(0, 10)
-        .await
-        .unwrap();
+    let items = inbox(&sites, MUNICIPALITY.org_id, 10).await;
     assert!(items.is_empty());
 }
 
@@ -644,13 +606,7 @@ async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
         "a duplicate is answered with the stored receipt"
     );
 
-    let items = sites
-        .client(kommune)
-        .await
-        .unwrap()
-        .list_inbox(0, 10)
-        .await
-        .unwrap();
+    let items = inbox(&sites, kommune, 10).await;
     assert_eq!(items.len(), 1);
     assert_eq!(
         items[0].envelope.as_ref().unwrap().notice_id,
@@ -726,13 +682,7 @@ async fn sigterm_while_submitting_loses_no_acknowledged_notice() {
             "an acknowledged notice is delivered: {status:?}"
         );
     }
-    let items = sites
-        .client(MUNICIPALITY.org_id)
-        .await
-        .unwrap()
-        .list_inbox(0, 1000)
-        .await
-        .unwrap();
+    let items = inbox(&sites, MUNICIPALITY.org_id, 1000).await;
     let mut seen = std::collections::HashSet::new();
     for item in &items {
         assert!(
@@ -822,12 +772,6 @@ async fn a_notice_not_delivered_within_its_ttl_fails_with_the_reason() {
             .unwrap()
             .all_delivered()
     );
-    let items = sites
-        .client(MUNICIPALITY.org_id)
-        .await
-        .unwrap()
-        .list_inbox(0, 10)
-        .await
-        .unwrap();
+    let items = inbox(&sites, MUNICIPALITY.org_id, 10).await;
     assert_eq!(kinds(&items), ["discharge"]);
 }
