@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::Millis;
+use crate::signing::PublicKey;
 use crate::transport::tls::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,9 @@ pub struct Site {
     pub org_id: String,
     pub name: String,
     pub sector: Sector,
+    /// The organisation's Ed25519 signing key (PKCS#8), written by
+    /// `tvaers init`.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Default of `store.max_connections` (PostgreSQL only).
@@ -114,6 +119,9 @@ pub struct TransportConfig {
 pub struct ApiConfig {
     pub socket: PathBuf,
     pub tcp: Option<SocketAddr>,
+    /// The admin API (for the `tvaers` CLI), mode 0600. Defaults to
+    /// `admin.sock` beside `socket`.
+    pub admin_socket: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -125,12 +133,47 @@ pub struct DeliveryConfig {
     pub send_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub org_id: String,
     pub name: String,
-    pub address: SocketAddr,
+    pub sector: Option<Sector>,
+    /// Where the peer listens; the first is tried first.
+    pub addresses: Vec<SocketAddr>,
+    /// The certificate the peer presents now.
     pub fingerprint: Fingerprint,
+    /// The certificate it presented before a rotation, accepted until the
+    /// overlap window ends so traffic never stops.
+    pub previous_fingerprint: Option<PreviousFingerprint>,
+    /// The key the peer signs its card (and notices) with.
+    pub signing_key: Option<PublicKey>,
+    /// Set by `tvaers peer revoke`: no connection in either direction.
+    pub revoked_at_ms: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousFingerprint {
+    pub fingerprint: Fingerprint,
+    pub valid_until_ms: Millis,
+}
+
+impl Peer {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at_ms.is_some()
+    }
+
+    /// The certificates this peer may connect with, each with the time it
+    /// stops being accepted (`None`: until changed). A revoked peer has none.
+    pub fn pins(&self) -> Vec<(Fingerprint, Option<Millis>)> {
+        if self.is_revoked() {
+            return Vec::new();
+        }
+        let mut pins = vec![(self.fingerprint, None)];
+        if let Some(previous) = self.previous_fingerprint {
+            pins.push((previous.fingerprint, Some(previous.valid_until_ms)));
+        }
+        pins
+    }
 }
 
 // ---- the file format ----------------------------------------------------
@@ -154,6 +197,7 @@ struct FileSite {
     org_id: String,
     name: String,
     sector: Sector,
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +224,7 @@ struct FileTransport {
 struct FileApi {
     socket: PathBuf,
     tcp: Option<String>,
+    admin_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -214,8 +259,32 @@ impl Default for FileDelivery {
 struct FilePeer {
     org_id: String,
     name: String,
-    address: String,
+    sector: Option<Sector>,
+    address: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
     fingerprint: String,
+    previous_fingerprint: Option<String>,
+    previous_fingerprint_until: Option<String>,
+    signing_key: Option<String>,
+    revoked_at: Option<String>,
+    /// When `tvaers peer add` added it; informational.
+    #[allow(dead_code)]
+    added_at: Option<String>,
+}
+
+/// Parses an RFC 3339 time (`2026-11-23T15:00:00Z`) into [`Millis`].
+pub fn parse_time(text: &str) -> Option<Millis> {
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+/// Formats [`Millis`] as RFC 3339 UTC, the form config and cards use.
+pub fn format_time(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 /// 64 KiB: a notice with a full plan is a few KiB; anything near this is
@@ -381,19 +450,73 @@ impl Config {
                     format!("peer {} is listed twice", p.org_id),
                 ));
             }
-            let address = p.address.parse().map_err(|_| {
-                invalid(
-                    &key("address"),
-                    "expected an address like 10.0.0.5:7401".into(),
-                )
-            })?;
+            let (address_key, texts) = match (&p.address, p.addresses.is_empty()) {
+                (Some(one), true) => (key("address"), vec![one.clone()]),
+                (None, false) => (key("addresses"), p.addresses.clone()),
+                _ => {
+                    return Err(invalid(
+                        &key("address"),
+                        "give either `address` or a non-empty `addresses` list".into(),
+                    ));
+                }
+            };
+            let addresses = texts
+                .iter()
+                .map(|text| {
+                    text.parse().map_err(|_| {
+                        invalid(
+                            &address_key,
+                            "expected an address like 10.0.0.5:7401".into(),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<SocketAddr>, _>>()?;
             let fingerprint = Fingerprint::parse(&p.fingerprint)
                 .map_err(|e| invalid(&key("fingerprint"), e.to_string()))?;
+            let time = |field: &str, text: &str| {
+                parse_time(text).ok_or_else(|| {
+                    invalid(
+                        &key(field),
+                        "expected an RFC 3339 time like 2026-12-01T00:00:00Z".into(),
+                    )
+                })
+            };
+            let previous_fingerprint =
+                match (&p.previous_fingerprint, &p.previous_fingerprint_until) {
+                    (None, None) => None,
+                    (Some(text), Some(until)) => Some(PreviousFingerprint {
+                        fingerprint: Fingerprint::parse(text)
+                            .map_err(|e| invalid(&key("previous_fingerprint"), e.to_string()))?,
+                        valid_until_ms: time("previous_fingerprint_until", until)?,
+                    }),
+                    _ => {
+                        return Err(invalid(
+                            &key("previous_fingerprint_until"),
+                            "`previous_fingerprint` and `previous_fingerprint_until` go together"
+                                .into(),
+                        ));
+                    }
+                };
+            let signing_key = p
+                .signing_key
+                .as_deref()
+                .map(PublicKey::parse)
+                .transpose()
+                .map_err(|e| invalid(&key("signing_key"), e.to_string()))?;
+            let revoked_at_ms = p
+                .revoked_at
+                .as_deref()
+                .map(|text| time("revoked_at", text))
+                .transpose()?;
             peers.push(Peer {
                 org_id: p.org_id.clone(),
                 name: p.name.clone(),
-                address,
+                sector: p.sector,
+                addresses,
                 fingerprint,
+                previous_fingerprint,
+                signing_key,
+                revoked_at_ms,
             });
         }
 
@@ -403,6 +526,7 @@ impl Config {
                 org_id: file.site.org_id,
                 name: file.site.name,
                 sector: file.site.sector,
+                signing_key: file.site.signing_key.as_deref().map(resolve),
             },
             store,
             transport: TransportConfig {
@@ -413,6 +537,10 @@ impl Config {
                 idle_timeout_ms: file.transport.idle_timeout_ms,
             },
             api: ApiConfig {
+                admin_socket: match &file.api.admin_socket {
+                    Some(path) => resolve(path),
+                    None => resolve(&file.api.socket).with_file_name("admin.sock"),
+                },
                 socket: resolve(&file.api.socket),
                 tcp,
             },
@@ -429,6 +557,11 @@ impl Config {
 
     pub fn peer(&self, org_id: &str) -> Option<&Peer> {
         self.peers.iter().find(|p| p.org_id == org_id)
+    }
+
+    /// Peers notices may be exchanged with (not revoked).
+    pub fn active_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(|p| !p.is_revoked())
     }
 }
 
@@ -475,6 +608,47 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         assert_eq!(c.delivery.ttl_seconds, 7 * 24 * 3600);
         assert_eq!(c.peers.len(), 1);
         assert!(c.peer("psyk-sjaelland").is_some());
+        assert_eq!(c.api.admin_socket, PathBuf::from("/etc/tvaers/run/admin.sock"));
+    }
+
+    #[test]
+    fn peer_rotation_revocation_and_several_addresses() {
+        let good = GOOD.replace(
+            "address = \"127.0.0.1:7402\"",
+            "addresses = [\"127.0.0.1:7402\", \"127.0.0.1:7412\"]\n\
+             previous_fingerprint = \"sha256:1111111111111111111111111111111111111111111111111111111111111111\"\n\
+             previous_fingerprint_until = \"2026-12-01T00:00:00Z\"\n\
+             signing_key = \"ed25519:2222222222222222222222222222222222222222222222222222222222222222\"",
+        );
+        let c = Config::parse(Path::new("x.toml"), &good).unwrap();
+        let peer = &c.peers[0];
+        assert_eq!(peer.addresses.len(), 2);
+        let pins = peer.pins();
+        assert_eq!(pins.len(), 2);
+        assert_eq!(pins[1].1, parse_time("2026-12-01T00:00:00Z"));
+        assert!(peer.signing_key.is_some());
+        assert_eq!(c.active_peers().count(), 1);
+
+        let revoked = good.replace(
+            "signing_key =",
+            "revoked_at = \"2026-11-23T10:00:00Z\"\nsigning_key =",
+        );
+        let c = Config::parse(Path::new("x.toml"), &revoked).unwrap();
+        assert!(c.peers[0].pins().is_empty());
+        assert_eq!(c.active_peers().count(), 0);
+
+        let bad = good.replace("previous_fingerprint_until = \"2026-12-01T00:00:00Z\"", "");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("previous_fingerprint_until"), "{err}");
+        let bad = good.replace("2026-12-01T00:00:00Z", "next week");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("previous_fingerprint_until"), "{err}");
+        let bad = good.replace("ed25519:22", "ed25519:zz");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("peers[0].signing_key"), "{err}");
+        let bad = good.replace("addresses = [", "address = \"127.0.0.1:1\"\naddresses = [");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("peers[0].address"), "{err}");
     }
 
     #[test]

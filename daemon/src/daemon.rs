@@ -32,7 +32,7 @@ use crate::store::postgres::{PostgresStore, describe_url};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::transport::endpoint::{Endpoint, EndpointSettings, TransportError};
-use crate::transport::tls::{Identity, TlsError, TrustStore};
+use crate::transport::tls::{Identity, Pin, TlsError, TrustStore};
 
 /// Requests that go into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -96,12 +96,7 @@ pub async fn run(
         }
     };
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
-    let trust = TrustStore::new(
-        config
-            .peers
-            .iter()
-            .map(|p| (p.fingerprint, p.org_id.clone())),
-    );
+    let trust = TrustStore::new(trust_pins(&config));
     let endpoint = Endpoint::bind(
         &EndpointSettings {
             listen: config.transport.listen,
@@ -148,12 +143,11 @@ pub async fn run(
     };
     let mut peers = HashMap::new();
     let mut driver_tasks = Vec::new();
-    for peer in &config.peers {
+    for peer in config.active_peers() {
         let (driver, task) = PeerDriver::spawn(
             PeerTarget {
                 org_id: peer.org_id.clone(),
-                address: peer.address,
-                fingerprint: peer.fingerprint,
+                address: peer.addresses[0],
             },
             settings.clone(),
             endpoint.clone(),
@@ -229,6 +223,23 @@ pub async fn run(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The certificates peers may connect with, from the configured peers.
+pub fn trust_pins(config: &Config) -> Vec<Pin> {
+    config
+        .peers
+        .iter()
+        .flat_map(|peer| {
+            peer.pins()
+                .into_iter()
+                .map(|(fingerprint, valid_until_ms)| Pin {
+                    fingerprint,
+                    org_id: peer.org_id.clone(),
+                    valid_until_ms,
+                })
+        })
+        .collect()
 }
 
 /// Hands a peer's undelivered outbox rows to its driver after a restart.

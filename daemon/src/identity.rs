@@ -1,11 +1,16 @@
-//! A site's keys on disk: generating the TLS key and certificate for a new
-//! site and writing them with owner-only permissions.
+//! A site's keys on disk: generating the TLS key and certificate and the
+//! Ed25519 signing key for a new site, and writing them with owner-only
+//! permissions.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::signing::{PublicKey, SigningError, SigningKey};
 use crate::transport::tls::{self, Fingerprint, TlsError};
+
+/// File name of the signing key inside a site's key directory.
+pub const SIGNING_KEY_FILE: &str = "signing-key.pk8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -19,6 +24,8 @@ pub enum IdentityError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
 }
 
 /// Where [`generate`] put the files.
@@ -53,7 +60,27 @@ pub fn generate(dir: &Path, org_id: &str) -> Result<SiteKeys, IdentityError> {
     })
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+/// Generates the organisation's Ed25519 signing key into
+/// `dir/signing-key.pk8` (PKCS#8, mode 0600). Never overwrites.
+pub fn generate_signing_key(dir: &Path) -> Result<(PathBuf, PublicKey), IdentityError> {
+    let path = dir.join(SIGNING_KEY_FILE);
+    if path.exists() {
+        return Err(IdentityError::Exists(path));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let der = SigningKey::generate_pkcs8()?;
+    let public = SigningKey::from_pkcs8(&der)
+        .ok_or(SigningError::Generate)?
+        .public_key();
+    write_private(&path, &der)?;
+    Ok((path, public))
+}
+
+/// Writes a new file readable by its owner only; fails if it exists.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -88,6 +115,15 @@ mod tests {
         assert_eq!(loaded.fingerprint(), keys.fingerprint);
         assert!(matches!(
             generate(dir.path(), "org-a"),
+            Err(IdentityError::Exists(_))
+        ));
+
+        let (path, public) = generate_signing_key(dir.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(SigningKey::load(&path).unwrap().public_key(), public);
+        assert!(matches!(
+            generate_signing_key(dir.path()),
             Err(IdentityError::Exists(_))
         ));
     }

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod identity;
 pub mod receive;
+pub mod signing;
 pub mod store;
 pub mod transport;
 

@@ -11,7 +11,7 @@ use prost::Message;
 use tvaers_client::{Client, ClientError, DeliveryState, StreamExt, Submission, v1};
 use tvaers_daemon::transport::endpoint::{Endpoint, EndpointSettings};
 use tvaers_daemon::transport::frame;
-use tvaers_daemon::transport::tls::{Fingerprint, Identity, TrustStore};
+use tvaers_daemon::transport::tls::{Fingerprint, Identity, Pin, TrustStore};
 use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, PSYCHIATRY, SiteSpec, Sites};
 use tvaers_proto::validate::sample;
 
@@ -497,11 +497,11 @@ impl RawPeer {
                 idle_timeout: Duration::from_secs(10),
             },
             identity,
-            TrustStore::new([(their_fp, to_org.to_owned())]),
+            TrustStore::new([Pin::new(their_fp, to_org)]),
         )
         .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", them.port).parse().unwrap();
-        let connection = endpoint.connect(addr, their_fp).await.unwrap();
+        let connection = endpoint.connect(addr, to_org).await.unwrap();
         RawPeer {
             connection,
             _endpoint: endpoint,

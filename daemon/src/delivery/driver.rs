@@ -24,7 +24,6 @@ use super::machine::{
 use crate::store::{OutboxUpdate, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame;
-use crate::transport::tls::Fingerprint;
 use crate::{Millis, now_ms};
 
 /// What the operator and the status API can see of one peer's delivery.
@@ -42,7 +41,6 @@ pub struct PeerHealth {
 pub struct PeerTarget {
     pub org_id: String,
     pub address: SocketAddr,
-    pub fingerprint: Fingerprint,
 }
 
 /// Settings shared by all peer drivers.
@@ -268,7 +266,7 @@ impl Task {
         // the send timeout bounds it so the status says so sooner.
         let timeout = self.settings.send_timeout;
         tokio::spawn(async move {
-            let dial = endpoint.connect(target.address, target.fingerprint);
+            let dial = endpoint.connect(target.address, &target.org_id);
             let input = match tokio::time::timeout(timeout, dial).await {
                 Ok(Ok(connection)) => Input::Connected(generation, connection),
                 Ok(Err(error)) => Input::ConnectFailed(error.to_string()),

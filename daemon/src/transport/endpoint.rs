@@ -105,7 +105,7 @@ impl Endpoint {
         &self.trust
     }
 
-    /// Dials a peer whose certificate must have `expected` as fingerprint.
+    /// Dials a peer whose certificate must be pinned for `peer_org`.
     ///
     /// A finished handshake is not acceptance: with TLS 1.3 the server checks
     /// our certificate after the client considers the handshake done, so a
@@ -114,9 +114,9 @@ impl Endpoint {
     pub async fn connect(
         &self,
         addr: SocketAddr,
-        expected: Fingerprint,
+        peer_org: &str,
     ) -> Result<quinn::Connection, TransportError> {
-        let client_tls = tls::client_config(&self.identity, expected)?;
+        let client_tls = tls::client_config(&self.identity, self.trust.clone(), peer_org)?;
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
             .map_err(|e| TlsError::Setup(rustls::Error::General(e.to_string())))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));

@@ -25,6 +25,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::{Millis, now_ms};
+
 /// The ALPN protocol id of wire protocol v1.
 pub const ALPN: &[u8] = b"tvaers/1";
 
@@ -141,35 +143,66 @@ pub fn generate_certificate(org_id: &str) -> Result<GeneratedCertificate, TlsErr
     })
 }
 
+/// One pinned certificate: whose it is and, for the previous certificate of
+/// a peer that rotated, until when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub fingerprint: Fingerprint,
+    pub org_id: String,
+    pub valid_until_ms: Option<Millis>,
+}
+
+impl Pin {
+    pub fn new(fingerprint: Fingerprint, org_id: impl Into<String>) -> Pin {
+        Pin {
+            fingerprint,
+            org_id: org_id.into(),
+            valid_until_ms: None,
+        }
+    }
+}
+
 /// The pinned peers: fingerprint → organisation id. Shared between the
-/// handshake verifier and the connection acceptor, and replaceable while
-/// the daemon runs.
+/// handshake verifiers and the connection acceptor, and replaceable while
+/// the daemon runs (`tvaers peer add` / `revoke` take effect without a
+/// restart). Expiry is checked at each lookup, so an overlap window ends on
+/// time without a reload.
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
-    pinned: Arc<RwLock<HashMap<Fingerprint, String>>>,
+    pinned: Arc<RwLock<HashMap<Fingerprint, Pin>>>,
 }
 
 impl TrustStore {
-    pub fn new(pins: impl IntoIterator<Item = (Fingerprint, String)>) -> TrustStore {
-        TrustStore {
-            pinned: Arc::new(RwLock::new(pins.into_iter().collect())),
+    pub fn new(pins: impl IntoIterator<Item = Pin>) -> TrustStore {
+        let store = TrustStore::default();
+        store.replace(pins);
+        store
+    }
+
+    /// The organisation a certificate belongs to, if it is pinned and its
+    /// overlap window (if any) has not ended.
+    pub fn organisation(&self, fingerprint: &Fingerprint) -> Option<String> {
+        self.organisation_at(fingerprint, now_ms())
+    }
+
+    pub fn organisation_at(&self, fingerprint: &Fingerprint, now: Millis) -> Option<String> {
+        let pinned = self
+            .pinned
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pin = pinned.get(fingerprint)?;
+        match pin.valid_until_ms {
+            Some(until) if now >= until => None,
+            _ => Some(pin.org_id.clone()),
         }
     }
 
-    /// The organisation a certificate belongs to, if it is pinned.
-    pub fn organisation(&self, fingerprint: &Fingerprint) -> Option<String> {
-        self.pinned
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(fingerprint)
-            .cloned()
-    }
-
-    pub fn replace(&self, pins: impl IntoIterator<Item = (Fingerprint, String)>) {
+    pub fn replace(&self, pins: impl IntoIterator<Item = Pin>) {
         *self
             .pinned
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = pins.into_iter().collect();
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            pins.into_iter().map(|pin| (pin.fingerprint, pin)).collect();
     }
 }
 
@@ -233,11 +266,12 @@ impl ClientCertVerifier for PinnedClients {
     }
 }
 
-/// Accepts the server certificate only when it is the one pinned for the
-/// peer we meant to reach.
+/// Accepts the server certificate only when it is pinned for the peer we
+/// meant to reach (during a rotation, its old or its new certificate).
 #[derive(Debug)]
 struct PinnedServer {
-    expected: Fingerprint,
+    trust: TrustStore,
+    expected_org: String,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -251,10 +285,10 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fingerprint = Fingerprint::of(end_entity);
-        if fingerprint == self.expected {
+        if self.trust.organisation(&fingerprint).as_deref() == Some(self.expected_org.as_str()) {
             Ok(ServerCertVerified::assertion())
         } else {
-            tracing::warn!(%fingerprint, expected = %self.expected, "the peer presented a certificate that is not the pinned one");
+            tracing::warn!(%fingerprint, peer = %self.expected_org, "the peer presented a certificate that is not pinned for it");
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
@@ -311,10 +345,12 @@ pub fn server_config(
 /// rustls client settings for reaching one peer whose certificate is pinned.
 pub fn client_config(
     identity: &Identity,
-    peer: Fingerprint,
+    trust: TrustStore,
+    peer_org: &str,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let verifier = Arc::new(PinnedServer {
-        expected: peer,
+        trust,
+        expected_org: peer_org.to_owned(),
         algorithms: algorithms(),
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
@@ -350,10 +386,26 @@ mod tests {
     fn trust_store_maps_pinned_fingerprints_only() {
         let a = generate_certificate("org-a").unwrap().fingerprint;
         let b = generate_certificate("org-b").unwrap().fingerprint;
-        let trust = TrustStore::new([(a, "org-a".to_owned())]);
+        let trust = TrustStore::new([Pin::new(a, "org-a")]);
         assert_eq!(trust.organisation(&a).as_deref(), Some("org-a"));
         assert_eq!(trust.organisation(&b), None);
-        trust.replace([(b, "org-b".to_owned())]);
+        trust.replace([Pin::new(b, "org-b")]);
         assert_eq!(trust.organisation(&a), None);
+    }
+
+    #[test]
+    fn a_previous_certificate_is_accepted_until_its_window_ends() {
+        let new = generate_certificate("org-a").unwrap().fingerprint;
+        let old = generate_certificate("org-a").unwrap().fingerprint;
+        let trust = TrustStore::new([
+            Pin::new(new, "org-a"),
+            Pin {
+                valid_until_ms: Some(1_000),
+                ..Pin::new(old, "org-a")
+            },
+        ]);
+        assert_eq!(trust.organisation_at(&old, 999).as_deref(), Some("org-a"));
+        assert_eq!(trust.organisation_at(&old, 1_000), None);
+        assert_eq!(trust.organisation_at(&new, 1_000_000).as_deref(), Some("org-a"));
     }
 }
