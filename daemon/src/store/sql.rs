@@ -10,10 +10,11 @@
 //! built with [`sqlx::QueryBuilder`] and `push_bind`, so its text carries no
 //! backend's placeholder syntax.
 //!
-//! A backend provides a type with a `pool` field (its `sqlx::Pool`), an
-//! inherent `async fn begin_write(&self, operation: &'static str) ->
-//! Result<Transaction<'static, DB>, StoreError>` that opens a write
-//! transaction the way that backend needs, and its parameter limit per
+//! A backend provides a type with a `pool` field (its `sqlx::Pool`, for
+//! reads), an inherent `async fn begin_write(&self, operation: &'static str)
+//! -> Result<Transaction<'static, DB>, StoreError>` that opens a write
+//! transaction the way that backend needs (every write goes through it), an
+//! inherent `async fn close_pools(&self)`, and its parameter limit per
 //! statement.
 
 use super::{OutboxState, StoreError};
@@ -670,24 +671,27 @@ macro_rules! sql_store {
                     let Ok(row_cursor) = i64::try_from(cursor) else {
                         return Err(StoreError::NoSuchInboxItem(cursor));
                     };
-                    // One statement, so no explicit transaction (see each backend
-                    // for how it commits).
+                    // In a write transaction like every other write, so a backend
+                    // that serialises its writers (SQLite) queues this one too.
+                    let mut tx = self.begin_write(OP).await?;
                     let mut query = QueryBuilder::<$db>::new("UPDATE inbox SET acked_at_ms = ");
                     query.push_bind(at_ms);
                     query.push(" WHERE cursor = ");
                     query.push_bind(row_cursor);
                     query.push(" AND acked_at_ms IS NULL");
-                    let result = query.build().execute(&self.pool).await.map_err(error)?;
+                    let result = query.build().execute(&mut *tx).await.map_err(error)?;
                     if result.rows_affected() > 0 {
+                        tx.commit().await.map_err(error)?;
                         return Ok(true);
                     }
                     let mut query = QueryBuilder::<$db>::new("SELECT COUNT(*) FROM inbox WHERE cursor = ");
                     query.push_bind(row_cursor);
                     let exists: i64 = query
                         .build_query_scalar()
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *tx)
                         .await
                         .map_err(error)?;
+                    tx.commit().await.map_err(error)?;
                     if exists > 0 {
                         Ok(false)
                     } else {
@@ -720,7 +724,7 @@ macro_rules! sql_store {
                 }
 
                 async fn close(&self) {
-                    self.pool.close().await;
+                    self.close_pools().await;
                 }
             }
         };
