@@ -73,7 +73,7 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OutboxItem,
+                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxItem,
                 OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
             };
 
@@ -428,6 +428,29 @@ macro_rules! sql_store {
                                 next_attempt_at_ms: row.try_get(6).map_err(error)?,
                                 expires_at_ms: row.try_get(7).map_err(error)?,
                                 last_error: row.try_get(8).map_err(error)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {
+                    const OP: &str = "outbox_open";
+                    let error = query_error(OP);
+                    let rows = sqlx::query(
+                        "SELECT o.recipient, COUNT(*), MIN(n.created_at_ms) \
+                         FROM outbox o JOIN notices n ON n.notice_id = o.notice_id \
+                         WHERE o.state IN ('pending', 'in_flight') \
+                         GROUP BY o.recipient ORDER BY o.recipient",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(error)?;
+                    rows.iter()
+                        .map(|row: &<$db as sqlx::Database>::Row| {
+                            Ok(OpenOutbox {
+                                recipient: row.try_get(0).map_err(error)?,
+                                notices: parse_count("open", row.try_get(1).map_err(error)?)?,
+                                oldest_created_at_ms: row.try_get(2).map_err(error)?,
                             })
                         })
                         .collect()
