@@ -39,6 +39,9 @@ use crate::store::Store;
 /// writes: OpenMetrics text, which Prometheus scrapes natively).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The longest peer reason code used as a label as it is.
+const MAX_REASON_CODE: usize = 32;
+
 /// How long a probe may wait for the store before `/readyz` says not ready.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -302,6 +305,14 @@ impl PeerMetrics {
     /// A notice failed for good; `reason` is the peer's reason code or
     /// `EXPIRED`.
     pub fn failed(&self, reason: &str) {
+        // The code comes from the peer: anything but a short upper-case code
+        // could carry text or grow the label set without bound.
+        let is_code = !reason.is_empty()
+            && reason.len() <= MAX_REASON_CODE
+            && reason
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        let reason = if is_code { reason } else { "OTHER" };
         self.failed
             .get_or_create(&PeerReason {
                 peer: self.peer.clone(),
@@ -395,4 +406,34 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodable");
+        text
+    }
+
+    #[test]
+    fn a_peer_reason_code_is_a_label_only_when_it_looks_like_one() {
+        let metrics = Metrics::new();
+        let peer = metrics.peer("org-b");
+        peer.failed("INVALID_FIELD");
+        peer.failed("cpr 0707814321 is wrong");
+        peer.failed(&"A".repeat(MAX_REASON_CODE + 1));
+        let text = exposition(&metrics);
+        assert!(
+            text.contains(r#"tvaers_notices_failed_total{peer="org-b",reason="INVALID_FIELD"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tvaers_notices_failed_total{peer="org-b",reason="OTHER"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains("0707814321"), "{text}");
+    }
 }
