@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,6 +38,9 @@ use crate::store::Store;
 /// The Prometheus text format's content type (what `prometheus-client`
 /// writes: OpenMetrics text, which Prometheus scrapes natively).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long a scraper may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest peer reason code used as a label as it is.
 const MAX_REASON_CODE: usize = 32;
@@ -361,7 +364,11 @@ pub fn serve(
                     let sources = sources.clone();
                     async move { Ok::<_, std::convert::Infallible>(answer(&sources, request).await) }
                 });
+                // A client that never finishes its request must not hold a
+                // task and a socket for ever.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
