@@ -31,10 +31,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
 use serde::Serialize;
 use tvaers_client::{Client, StreamExt, Submission};
 use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
-use tvaers_proto::validate::sample;
+use tvaers_proto::v1;
+use tvaers_proto::validate::{self, sample};
 
 use stats::{LatencySummary, cpr, fmt_ms};
 
@@ -44,6 +46,9 @@ const RECEIVER: &str = MUNICIPALITY.org_id;
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// Client connections to the sender; submitters are spread over them.
 const SENDER_CONNECTIONS: usize = 4;
+/// The largest `--notice-size`: the envelope around it must still fit the
+/// daemons' default frame limit of 64 KiB.
+const MAX_NOTICE_SIZE: u32 = 60_000;
 
 /// Benchmark two real tvaersd daemons on loopback.
 #[derive(Debug, Parser)]
@@ -70,6 +75,11 @@ struct Args {
     /// Skip the backlog phase.
     #[arg(long)]
     skip_backlog: bool,
+    /// Pad every notice to about this many encoded bytes: plan changes with
+    /// as many plan items of free text as it takes (without it: small
+    /// no-shows and admissions of a few hundred bytes).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(..=MAX_NOTICE_SIZE as i64))]
+    notice_size: Option<u32>,
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -94,6 +104,9 @@ struct ReportConfig {
     rates: Vec<u32>,
     rate_duration_s: u64,
     backlog: Option<u64>,
+    /// Encoded size of each notice (of the first one without
+    /// `--notice-size`, whose notices alternate between two kinds).
+    notice_bytes: usize,
     release_build: bool,
 }
 
@@ -258,17 +271,30 @@ struct Workload {
     clients: Arc<Vec<Client>>,
     next: Arc<AtomicU64>,
     run: String,
+    /// Plan items that pad each notice to `--notice-size`.
+    padding: Option<Arc<Vec<v1::PlanItem>>>,
 }
 
 impl Workload {
+    /// The notice of workload item `i`.
+    fn notice(&self, i: u64) -> v1::Notice {
+        let cpr = cpr(i);
+        match &self.padding {
+            Some(items) => {
+                let mut notice = sample::plan_change(&cpr, RECEIVER);
+                if let Some(v1::notice::Payload::PlanChange(change)) = &mut notice.payload {
+                    change.changed_items = items.as_ref().clone();
+                }
+                notice
+            }
+            None if i.is_multiple_of(2) => sample::no_show(&cpr),
+            None => sample::admission(&cpr),
+        }
+    }
+
     /// Submits workload item `i` and returns its notice id.
     async fn submit(&self, i: u64) -> Result<String> {
-        let cpr = cpr(i);
-        let notice = if i.is_multiple_of(2) {
-            sample::no_show(&cpr)
-        } else {
-            sample::admission(&cpr)
-        };
+        let notice = self.notice(i);
         let submission = Submission::new(notice)
             .idempotency_key(format!("bench-{}-{i}", self.run))
             .to(RECEIVER);
@@ -326,6 +352,46 @@ impl Workload {
         }
         Ok((all, h))
     }
+}
+
+/// Plan items (each within the schema's free-text limit) that make a plan
+/// change notice about `size` bytes long when encoded.
+fn padding_for(size: u32) -> Vec<v1::PlanItem> {
+    let target = size as usize;
+    let mut notice = sample::plan_change(&cpr(0), RECEIVER);
+    let Some(v1::notice::Payload::PlanChange(change)) = &mut notice.payload else {
+        unreachable!("the sample plan change has a plan change payload");
+    };
+    let mut items = std::mem::take(&mut change.changed_items);
+    let template = items[0].clone();
+    items.truncate(1);
+    let encoded = |items: &[v1::PlanItem]| {
+        let mut n = notice.clone();
+        if let Some(v1::notice::Payload::PlanChange(c)) = &mut n.payload {
+            c.changed_items = items.to_vec();
+        }
+        n.encoded_len()
+    };
+    // Fill items up to the text limit, one after the other, then trim the
+    // last one to land on the target.
+    loop {
+        let len = encoded(&items);
+        if len >= target || items.len() >= validate::MAX_PLAN_ITEMS {
+            break;
+        }
+        let last = items.last_mut().expect("at least one item");
+        let room = validate::MAX_TEXT_CHARS - last.text.chars().count();
+        if room == 0 {
+            items.push(v1::PlanItem {
+                text: "x".to_owned(),
+                ..template.clone()
+            });
+            continue;
+        }
+        let add = room.min(target - len);
+        last.text.push_str(&"x".repeat(add));
+    }
+    items
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -606,8 +672,12 @@ impl Bench {
         let mut counts: HashMap<String, u32> = HashMap::new();
         let mut cursor = 0;
         let mut inbox_items = 0;
+        // Pages of at most about 2 MiB: the client refuses replies over
+        // gRPC's 4 MiB default, which 1,000 padded notices exceed.
+        let per_page = (2 << 20) / (self.workload.notice(0).encoded_len() + 512);
+        let per_page = u32::try_from(per_page.clamp(1, 1000)).unwrap_or(1000);
         loop {
-            let page = receiver.list_inbox(cursor, 1000).await?;
+            let page = receiver.list_inbox(cursor, per_page).await?;
             let Some(last) = page.last() else { break };
             cursor = last.cursor;
             for item in page {
@@ -688,12 +758,15 @@ async fn run(args: Args) -> Result<Report> {
             .unwrap_or_default()
             .as_millis()
     );
+    let workload = Workload {
+        clients: Arc::new(clients),
+        next: Arc::new(AtomicU64::new(0)),
+        run: run_id,
+        padding: args.notice_size.map(|size| Arc::new(padding_for(size))),
+    };
+    let notice_bytes = workload.notice(0).encoded_len();
     let mut bench = Bench {
-        workload: Workload {
-            clients: Arc::new(clients),
-            next: Arc::new(AtomicU64::new(0)),
-            run: run_id,
-        },
+        workload,
         sites,
         follower,
         submitted: Vec::new(),
@@ -732,6 +805,7 @@ async fn run(args: Args) -> Result<Report> {
             rates: bench.args.rates.clone(),
             rate_duration_s: bench.args.rate_duration,
             backlog: backlog.as_ref().map(|b| b.notices),
+            notice_bytes,
             release_build: !cfg!(debug_assertions),
         },
         idle,
@@ -759,6 +833,8 @@ fn print_table(r: &Report) {
             "DEBUG"
         }
     );
+    println!();
+    println!("Notices of {} bytes (encoded)", r.config.notice_bytes);
     println!();
     println!(
         "Sustained throughput ({} submitters, {} s after {} s warm-up)",

@@ -61,6 +61,7 @@ pub struct Config {
     pub transport: TransportConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
+    pub metrics: MetricsConfig,
     pub peers: Vec<Peer>,
 }
 
@@ -122,6 +123,12 @@ pub struct ApiConfig {
     /// The admin API (for the `tvaers` CLI), mode 0600. Defaults to
     /// `admin.sock` beside `socket`.
     pub admin_socket: PathBuf,
+}
+
+/// The optional HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +195,19 @@ struct FileConfig {
     #[serde(default)]
     delivery: FileDelivery,
     #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
     peers: Vec<FilePeer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
+    /// Metrics carry no notice content, but peer names and volumes are
+    /// still not for everyone: a non-loopback address must be asked for.
+    #[serde(default)]
+    allow_non_loopback: bool,
 }
 
 #[derive(Deserialize)]
@@ -419,6 +438,25 @@ impl Config {
             }
         };
 
+        let metrics_listen = match &file.metrics.listen {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        "expected an address like 127.0.0.1:9464".into(),
+                    )
+                })?;
+                if !addr.ip().is_loopback() && !file.metrics.allow_non_loopback {
+                    return Err(invalid(
+                        "metrics.listen",
+                        "not a loopback address: set metrics.allow_non_loopback = true to serve metrics beyond this host".into(),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+
         let d = &file.delivery;
         if d.ttl_seconds == 0 {
             return Err(invalid("delivery.ttl_seconds", "must be above 0".into()));
@@ -551,6 +589,9 @@ impl Config {
                 backoff_max_ms: d.backoff_max_seconds * 1000,
                 send_timeout_ms: d.send_timeout_ms,
             },
+            metrics: MetricsConfig {
+                listen: metrics_listen,
+            },
             peers,
         })
     }
@@ -608,7 +649,10 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         assert_eq!(c.delivery.ttl_seconds, 7 * 24 * 3600);
         assert_eq!(c.peers.len(), 1);
         assert!(c.peer("psyk-sjaelland").is_some());
-        assert_eq!(c.api.admin_socket, PathBuf::from("/etc/tvaers/run/admin.sock"));
+        assert_eq!(
+            c.api.admin_socket,
+            PathBuf::from("/etc/tvaers/run/admin.sock")
+        );
     }
 
     #[test]
@@ -639,10 +683,16 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
 
         let bad = good.replace("previous_fingerprint_until = \"2026-12-01T00:00:00Z\"", "");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
-        assert!(err.to_string().contains("previous_fingerprint_until"), "{err}");
+        assert!(
+            err.to_string().contains("previous_fingerprint_until"),
+            "{err}"
+        );
         let bad = good.replace("2026-12-01T00:00:00Z", "next week");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
-        assert!(err.to_string().contains("previous_fingerprint_until"), "{err}");
+        assert!(
+            err.to_string().contains("previous_fingerprint_until"),
+            "{err}"
+        );
         let bad = good.replace("ed25519:22", "ed25519:zz");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("peers[0].signing_key"), "{err}");
@@ -664,6 +714,13 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         let bad = GOOD.replace("kommune-vordingborg", "bad id!");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("site.org_id"), "{err}");
+
+        let metrics = format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+        let err = Config::parse(Path::new("/etc/t.toml"), &metrics).unwrap_err();
+        assert!(err.to_string().contains("metrics.listen"), "{err}");
+        let allowed = metrics.replace("[metrics]", "[metrics]\nallow_non_loopback = true");
+        let config = Config::parse(Path::new("/etc/t.toml"), &allowed).unwrap();
+        assert_eq!(config.metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
 
         let bad = GOOD.replace("[api]", "[api]\ntcp = \"0.0.0.0:7600\"");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();

@@ -27,6 +27,7 @@ use crate::config::{Config, StoreConfig};
 use crate::delivery::CitizenKeys;
 use crate::delivery::driver::{DriverSettings, PeerDriver, PeerTarget};
 use crate::delivery::machine::{MachineConfig, Pending};
+use crate::metrics::{self, Metrics};
 use crate::receive::Receiver;
 use crate::store::postgres::{PostgresStore, describe_url};
 use crate::store::sqlite::SqliteStore;
@@ -48,6 +49,12 @@ pub enum DaemonError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -131,6 +138,7 @@ pub async fn run(
     // progress at shutdown are still recorded.
     let drivers_stop = CancellationToken::new();
     let citizens = CitizenKeys::default();
+    let metrics = Metrics::new();
     let settings = DriverSettings {
         machine: MachineConfig {
             max_in_flight: config.delivery.max_in_flight,
@@ -140,6 +148,7 @@ pub async fn run(
         },
         send_timeout: Duration::from_millis(config.delivery.send_timeout_ms),
         max_frame_bytes: config.transport.max_frame_bytes,
+        metrics: metrics.clone(),
     };
     let mut peers = HashMap::new();
     let mut driver_tasks = Vec::new();
@@ -168,11 +177,29 @@ pub async fn run(
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
         newest_cursor,
+        metrics: metrics.clone(),
     });
     let receive_tasks = TaskTracker::new();
     let receive_loop =
         tokio::spawn(receiver.serve(endpoint.clone(), receive_tasks.clone(), shutdown.clone()));
 
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics_server = match config.metrics.listen {
+        Some(addr) => Some(
+            metrics::serve(
+                addr,
+                metrics::Sources {
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    peers: peers.clone(),
+                    started: started.clone(),
+                },
+                shutdown.clone(),
+            )
+            .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let state = Arc::new(ApiState {
         org_id: config.site.org_id.clone(),
         store: store.clone(),
@@ -182,6 +209,7 @@ pub async fn run(
         default_ttl_ms: i64::try_from(config.delivery.ttl_seconds * 1000).unwrap_or(i64::MAX / 2),
         newest_cursor: newest_cursor_rx,
         shutdown: shutdown.clone(),
+        metrics,
     });
     let api_servers = serve_api(&config, state.clone(), &shutdown)?;
 
@@ -191,15 +219,17 @@ pub async fn run(
         fingerprint = %endpoint.fingerprint(),
         socket = %config.api.socket.display(),
         peers = config.peers.len(),
+        metrics = ?config.metrics.listen,
         "tvaersd ready"
     );
+    started.store(true, std::sync::atomic::Ordering::Release);
     if let Some(ready) = ready {
         let _ = ready.send(Bound { peer_addr });
     }
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: finishing writes in progress");
-    for server in api_servers {
+    for server in api_servers.into_iter().chain(metrics_server) {
         let _ = server.await;
     }
     let _ = receive_loop.await;

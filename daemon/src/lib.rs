@@ -11,7 +11,8 @@
 //! | it is read from the inbox | [`api::inbox`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
-//! turns the TOML file into typed settings.
+//! turns the TOML file into typed settings; [`metrics`] is what operators
+//! scrape.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod identity;
+pub mod metrics;
 pub mod receive;
 pub mod signing;
 pub mod store;

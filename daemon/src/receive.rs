@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tvaers_proto::v1;
 
 use crate::batch::GroupCommit;
+use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::store::{AcceptOutcome, IncomingNotice};
 use crate::transport::endpoint::Endpoint;
@@ -43,6 +44,7 @@ pub struct Receiver {
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
     /// The highest inbox cursor stored, for waking inbox streams.
     pub newest_cursor: watch::Sender<u64>,
+    pub metrics: Metrics,
 }
 
 impl Receiver {
@@ -132,6 +134,7 @@ impl Receiver {
             Ok(request) => self.handle_request(peer, request).await,
             Err(FrameError::TooLarge { announced, limit }) => {
                 tracing::warn!(%peer, announced, limit, reason = reason::TOO_LARGE, "rejected an oversized frame");
+                self.metrics.inbox_rejected(peer, reason::TOO_LARGE);
                 let _ = recv.stop(quinn::VarInt::from_u32(2));
                 rejection(
                     &self.org_id,
@@ -142,6 +145,7 @@ impl Receiver {
             }
             Err(FrameError::Malformed(error)) => {
                 tracing::warn!(%peer, %error, reason = reason::MALFORMED, "rejected a malformed frame");
+                self.metrics.inbox_rejected(peer, reason::MALFORMED);
                 rejection(
                     &self.org_id,
                     "",
@@ -168,6 +172,7 @@ impl Receiver {
 
     async fn handle_request(&self, peer: &str, request: v1::PeerRequest) -> v1::Receipt {
         let Some(v1::peer_request::Body::Notice(envelope)) = request.body else {
+            self.metrics.inbox_rejected(peer, reason::MALFORMED);
             return rejection(
                 &self.org_id,
                 "",
@@ -182,6 +187,7 @@ impl Receiver {
             .map_or("none", v1::Notice::kind_name);
         let reject = |code: &'static str, text: String| {
             tracing::warn!(%peer, %notice_id, kind, reason = code, detail = %text, "rejected a notice");
+            self.metrics.inbox_rejected(peer, code);
             rejection(&self.org_id, &notice_id, code, text)
         };
         if envelope.sender != peer {
@@ -230,17 +236,20 @@ impl Receiver {
         match self.inbox.run(incoming).await {
             Ok(outcome) => {
                 if outcome.newly_stored {
+                    self.metrics.inbox_accepted(peer, kind);
                     tracing::info!(%peer, %notice_id, kind, cursor = outcome.cursor, "accepted a notice");
                     self.newest_cursor
                         .send_modify(|newest| *newest = (*newest).max(outcome.cursor));
                     accepted
                 } else {
+                    self.metrics.inbox_duplicate(peer);
                     tracing::info!(%peer, %notice_id, kind, "notice received again; answered with the stored receipt");
                     v1::Receipt::decode(outcome.receipt.as_slice()).unwrap_or(accepted)
                 }
             }
             Err(error) => {
                 tracing::error!(%peer, %notice_id, %error, "could not store an incoming notice");
+                self.metrics.inbox_rejected(peer, reason::STORE_UNAVAILABLE);
                 v1::Receipt {
                     notice_id,
                     outcome: v1::ReceiptOutcome::RejectedTransient as i32,

@@ -131,6 +131,17 @@ impl Sites {
         Ok(())
     }
 
+    /// Turns on a site's metrics listener (before it starts) on a free
+    /// loopback port and returns its address.
+    pub fn enable_metrics(&self, org_id: &str) -> Result<std::net::SocketAddr> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let config = &self.site(org_id).config;
+        let mut text = std::fs::read_to_string(config)?;
+        text.push_str(&format!("\n[metrics]\nlisten = \"{addr}\"\n"));
+        std::fs::write(config, text)?;
+        Ok(addr)
+    }
+
     pub fn site(&self, org_id: &str) -> &Site {
         self.sites
             .iter()
@@ -337,6 +348,29 @@ fingerprint = "{fingerprint}"
         ));
     }
     text
+}
+
+/// A plain HTTP/1.1 GET (for the metrics listener): the status code and
+/// the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in the response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow!("no status code in {head:?}"))?;
+    Ok((status, body.to_owned()))
 }
 
 fn free_udp_port() -> Result<u16> {

@@ -12,7 +12,7 @@ use tvaers_client::{Client, ClientError, DeliveryState, StreamExt, Submission, v
 use tvaers_daemon::transport::endpoint::{Endpoint, EndpointSettings};
 use tvaers_daemon::transport::frame;
 use tvaers_daemon::transport::tls::{Fingerprint, Identity, Pin, TrustStore};
-use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, PSYCHIATRY, SiteSpec, Sites};
+use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, PSYCHIATRY, SiteSpec, Sites, http_get};
 use tvaers_proto::validate::sample;
 
 const CPR_A: &str = "0707814321";
@@ -774,4 +774,107 @@ async fn a_notice_not_delivered_within_its_ttl_fails_with_the_reason() {
     );
     let items = inbox(&sites, MUNICIPALITY.org_id, 10).await;
     assert_eq!(kinds(&items), ["discharge"]);
+}
+
+/// The value of one sample in a metrics exposition, e.g.
+/// `metric(text, "tvaers_outbox_depth", "peer=\"x\"")`; 0 when absent.
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_follow_a_backlog_to_a_stopped_peer_until_it_drains() {
+    const N: usize = 3;
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    let sender = sites.enable_metrics(PSYCHIATRY.org_id).unwrap();
+    let receiver = sites.enable_metrics(MUNICIPALITY.org_id).unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    assert_eq!(http_get(sender, "/healthz").await.unwrap().0, 200);
+    let (status, body) = http_get(sender, "/readyz").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ready"));
+
+    let psychiatry = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    let kommune = MUNICIPALITY.org_id;
+    let peer = format!("peer=\"{kommune}\"");
+    let mut ids = Vec::new();
+    for (i, cpr) in [CPR_A, CPR_B, CPR_A].into_iter().enumerate() {
+        let notice = sample::admission(cpr);
+        let submitted = psychiatry
+            .submit(submission(&format!("m{i}"), notice, &[kommune]))
+            .await
+            .unwrap();
+        ids.push(submitted.notice_id);
+    }
+    let (_, text) = http_get(sender, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&text, "tvaers_outbox_depth", &peer),
+        N as f64,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "tvaers_peer_connected", &peer), 0.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "tvaers_notices_submitted_total",
+            &format!("{peer},kind=\"admission\"")
+        ),
+        N as f64,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tvaers_submit_commit_seconds_count", ""),
+        N as f64,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "tvaers_notices_delivered_total", &peer), 0.0);
+
+    sites.start(kommune).await.unwrap();
+    assert_all_delivered(&psychiatry, &ids).await;
+    let (_, text) = http_get(sender, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, "tvaers_outbox_depth", &peer), 0.0, "{text}");
+    assert_eq!(
+        metric(&text, "tvaers_outbox_oldest_pending_age_seconds", &peer),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tvaers_notices_delivered_total", &peer),
+        N as f64,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "tvaers_peer_connected", &peer), 1.0, "{text}");
+    assert!(
+        metric(&text, "tvaers_send_attempts_total", &peer) >= N as f64,
+        "{text}"
+    );
+
+    let (status, received) = http_get(receiver, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let from = format!("peer=\"{}\"", PSYCHIATRY.org_id);
+    assert_eq!(
+        metric(
+            &received,
+            "tvaers_inbox_accepted_total",
+            &format!("{from},kind=\"admission\"")
+        ),
+        N as f64,
+        "{received}"
+    );
+    assert_eq!(http_get(receiver, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(receiver, "/nowhere").await.unwrap().0, 404);
+
+    // Nothing about a citizen in any exposition.
+    for text in [&text, &received] {
+        for cpr in [CPR_A, CPR_B] {
+            assert!(!text.contains(cpr), "a CPR number appears in /metrics");
+        }
+    }
+    assert_no_cpr_in_logs(&sites, &[CPR_A, CPR_B]);
 }

@@ -19,6 +19,7 @@ use tvaers_proto::v1::local_api_server::{LocalApi, LocalApiServer};
 use crate::batch::GroupCommit;
 use crate::delivery::CitizenKeys;
 use crate::delivery::driver::PeerDriver;
+use crate::metrics::Metrics;
 use crate::store::{NewNotice, Store, SubmitOutcome};
 
 pub mod inbox;
@@ -36,6 +37,7 @@ pub struct ApiState {
     pub default_ttl_ms: i64,
     pub newest_cursor: watch::Receiver<u64>,
     pub shutdown: CancellationToken,
+    pub metrics: Metrics,
 }
 
 /// The tonic service: each method delegates to its own module.

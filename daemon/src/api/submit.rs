@@ -49,6 +49,7 @@ pub async fn submit(
     state: &ApiState,
     request: v1::SubmitRequest,
 ) -> Result<v1::SubmitResponse, SubmitError> {
+    let arrived = std::time::Instant::now();
     let cpr = validate::submit_request(&request)?;
     if request.ttl_seconds > MAX_TTL_SECONDS {
         return Err(SubmitError::TtlTooLong);
@@ -107,6 +108,10 @@ pub async fn submit(
 
     match outcome {
         SubmitOutcome::Stored { outbox_seqs } => {
+            state.metrics.submit_committed(arrived.elapsed());
+            for recipient in &request.recipients {
+                state.metrics.submitted(recipient, kind);
+            }
             let citizen = state.citizens.key(&cpr);
             for (item, seq) in recipients.into_iter().zip(outbox_seqs) {
                 if let Some(peer) = state.peers.get(&item.recipient) {

@@ -3,10 +3,19 @@
 //! performs the actions it returns (dial, send on QUIC streams, persist
 //! outcomes, sleep until a deadline).
 //!
-//! All decisions live in the machine; this file only does I/O. Outcomes are
-//! written to the store in one batch per loop turn: the driver drains every
-//! event that is ready before it writes, so a burst of receipts costs one
-//! transaction.
+//! All decisions live in the machine; this file only does I/O.
+//!
+//! Outcomes are written to the store behind the sends, not in their way: at
+//! most one write (one transaction) per peer is in progress, and while it
+//! commits the driver keeps taking events and sending new outbox rows; the
+//! outcomes decided meanwhile go into the next write. A write used to be
+//! awaited inside the loop, so every new notice waited for the fsync of the
+//! previous turn's outcomes before it was sent. Writes stay in order (the
+//! next starts only when the previous one finished), and a delivered status
+//! is still recorded only after the peer's receipt arrived, so durability is
+//! unchanged: the attempt counts written here only steer backoff, and a
+//! crash before they are written leads to a resend that the receiver answers
+//! with its stored receipt.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tvaers_proto::v1;
 
 use super::machine::{
-    Action, ConnectionState, Event, Machine, MachineConfig, Pending, ReceiptVerdict,
+    Action, ConnectionState, EXPIRED_REASON, Event, Machine, MachineConfig, Pending, ReceiptVerdict,
 };
-use crate::store::{OutboxUpdate, Store};
+use crate::metrics::{Metrics, PeerMetrics};
+use crate::store::{OutboxUpdate, Store, StoreError};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame;
 use crate::{Millis, now_ms};
@@ -49,6 +59,7 @@ pub struct DriverSettings {
     pub machine: MachineConfig,
     pub send_timeout: Duration,
     pub max_frame_bytes: u32,
+    pub metrics: Metrics,
 }
 
 /// Messages into a driver task.
@@ -81,6 +92,7 @@ impl PeerDriver {
         let (inputs, queue) = mpsc::unbounded_channel();
         let health = Arc::new(Mutex::new(PeerHealth::default()));
         let task = Task {
+            metrics: settings.metrics.peer(&target.org_id),
             machine: Machine::new(settings.machine.clone()),
             target,
             settings,
@@ -94,6 +106,8 @@ impl PeerDriver {
             generation: 0,
             wake_at: None,
             updates: Vec::new(),
+            writing: None,
+            write_paused_until: None,
         };
         let handle = tokio::spawn(task.run(queue, shutdown));
         (PeerDriver { inputs, health }, handle)
@@ -128,7 +142,28 @@ struct Task {
     /// Tells a stale connection's close event from the current one's.
     generation: u64,
     wake_at: Option<Millis>,
+    /// Outcomes decided and not yet handed to a write.
     updates: Vec<OutboxUpdate>,
+    /// The write in progress and a copy of what it writes, kept so a failed
+    /// write loses nothing.
+    writing: Option<(Vec<OutboxUpdate>, Write)>,
+    /// After a failed write, no new one before this time (the runtime's
+    /// clock, which tests can pause).
+    write_paused_until: Option<tokio::time::Instant>,
+    metrics: PeerMetrics,
+}
+
+type Write = tokio::task::JoinHandle<Result<(), StoreError>>;
+
+/// Waits for the write in progress, or forever when there is none.
+async fn written(writing: &mut Option<(Vec<OutboxUpdate>, Write)>) -> Result<(), String> {
+    match writing {
+        Some((_, write)) => match write.await {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(panicked) => Err(panicked.to_string()),
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Task {
@@ -146,16 +181,28 @@ impl Task {
                         self.on_input(input);
                     }
                 }
+                result = written(&mut self.writing) => self.on_written(result),
                 () = tokio::time::sleep(sleep) => {
                     self.wake_at = None;
                     self.feed(Event::Tick);
                 }
                 () = shutdown.cancelled() => break,
             }
-            self.flush().await;
+            self.start_write();
             self.publish_health();
         }
-        self.flush().await;
+        // Record what we hold: the write in progress, then one more for the
+        // rest (a failure here is logged; the rows are resent after restart).
+        if self.writing.is_some() {
+            let result = written(&mut self.writing).await;
+            self.on_written(result);
+        }
+        self.write_paused_until = None;
+        self.start_write();
+        if self.writing.is_some() {
+            let result = written(&mut self.writing).await;
+            self.on_written(result);
+        }
         if let Some((_, connection)) = self.connection.take() {
             connection.close(quinn::VarInt::from_u32(0), b"shutting down");
         }
@@ -207,6 +254,7 @@ impl Task {
         match action {
             Action::Connect => self.connect(),
             Action::Send(seqs) => {
+                self.metrics.sent(seqs.len());
                 for seq in seqs {
                     self.send(seq);
                 }
@@ -217,6 +265,7 @@ impl Task {
             Action::Delivered { seq } => {
                 self.envelopes.remove(&seq);
                 let receipt = self.receipts.remove(&seq).unwrap_or_default();
+                self.metrics.delivered();
                 self.updates.push(OutboxUpdate::Delivered {
                     seq,
                     receipt: receipt.encode_to_vec(),
@@ -230,6 +279,13 @@ impl Task {
             } => {
                 self.envelopes.remove(&seq);
                 let receipt = self.receipts.remove(&seq).filter(|_| rejected_by_peer);
+                // Only the code goes into a label: the text may quote content.
+                let code = match &receipt {
+                    Some(receipt) => receipt.reason_code.as_str(),
+                    None if reason == EXPIRED_REASON => "EXPIRED",
+                    None => "OTHER",
+                };
+                self.metrics.failed(code);
                 tracing::warn!(peer = %self.target.org_id, seq, %reason, "notice failed permanently");
                 self.updates.push(OutboxUpdate::Failed {
                     seq,
@@ -244,6 +300,7 @@ impl Task {
                 error,
             } => {
                 self.receipts.remove(&seq);
+                self.metrics.send_failed();
                 self.updates.push(OutboxUpdate::Retry {
                     seq,
                     next_attempt_at_ms,
@@ -318,17 +375,41 @@ impl Task {
         });
     }
 
-    async fn flush(&mut self) {
-        if self.updates.is_empty() {
+    /// Hands the outcomes decided so far to a new write, unless one is in
+    /// progress (they wait for the next) or writes are paused after a failure.
+    fn start_write(&mut self) {
+        if self.writing.is_some() || self.updates.is_empty() {
             return;
         }
+        if self
+            .write_paused_until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+        {
+            return;
+        }
+        self.write_paused_until = None;
         let updates = std::mem::take(&mut self.updates);
-        if let Err(error) = self.store.update_outbox(updates.clone()).await {
-            // The machine already moved on; keep the rows for the next turn
-            // so a passing store error loses no outcome.
+        let store = self.store.clone();
+        let batch = updates.clone();
+        let write = tokio::spawn(async move { store.update_outbox(batch).await });
+        self.writing = Some((updates, write));
+    }
+
+    fn on_written(&mut self, result: Result<(), String>) {
+        let Some((updates, _)) = self.writing.take() else {
+            return;
+        };
+        if let Err(error) = result {
+            // The machine already moved on; put the rows back in front of
+            // the newer ones so a passing store error loses no outcome and
+            // the order of writes is kept.
             tracing::error!(peer = %self.target.org_id, %error, "could not record delivery outcomes; will retry");
-            self.updates.extend(updates);
-            self.wake_at = Some(now_ms() + 1_000);
+            let newer = std::mem::replace(&mut self.updates, updates);
+            self.updates.extend(newer);
+            let pause = Duration::from_secs(1);
+            self.write_paused_until = Some(tokio::time::Instant::now() + pause);
+            let retry_at = now_ms() + 1_000;
+            self.wake_at = Some(self.wake_at.map_or(retry_at, |at| at.min(retry_at)));
         }
     }
 
@@ -422,6 +503,193 @@ fn verdict_of(receipt: &v1::Receipt) -> ReceiptVerdict {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::store::{
+        AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
+        OutboxItem, StoreCounts, SubmitOutcome,
+    };
+    use crate::transport::endpoint::EndpointSettings;
+    use crate::transport::tls::{Identity, TrustStore};
+
+    /// A store that only records outcome writes: the first `fail_first`
+    /// fail, and each write waits for `gate` when one is given.
+    #[derive(Debug, Default)]
+    struct OutcomeStore {
+        fail_first: usize,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+        attempts: Mutex<Vec<Vec<i64>>>,
+        written: Mutex<Vec<i64>>,
+    }
+
+    fn seq_of(update: &OutboxUpdate) -> i64 {
+        match update {
+            OutboxUpdate::InFlight { seq, .. }
+            | OutboxUpdate::Delivered { seq, .. }
+            | OutboxUpdate::Failed { seq, .. }
+            | OutboxUpdate::Retry { seq, .. } => *seq,
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for OutcomeStore {
+        async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError> {
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            let seqs: Vec<i64> = updates.iter().map(seq_of).collect();
+            let attempt = {
+                let mut attempts = self.attempts.lock().unwrap();
+                attempts.push(seqs.clone());
+                attempts.len()
+            };
+            if attempt <= self.fail_first {
+                return Err(StoreError::Corrupt("disk on fire".into()));
+            }
+            self.written.lock().unwrap().extend(seqs);
+            Ok(())
+        }
+        async fn submit(&self, _: Vec<NewNotice>) -> Result<Vec<SubmitOutcome>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn undelivered(&self, _: &str) -> Result<Vec<OutboxItem>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn delivery(&self, _: &str) -> Result<Option<NoticeDelivery>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn accept_inbox(
+            &self,
+            _: Vec<IncomingNotice>,
+        ) -> Result<Vec<AcceptOutcome>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn inbox_after(
+            &self,
+            _: u64,
+            _: u32,
+            _: bool,
+        ) -> Result<Vec<InboxRecord>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn ack_inbox(&self, _: u64, _: Millis) -> Result<bool, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn counts(&self) -> Result<StoreCounts, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn close(&self) {}
+    }
+
+    /// A driver for a peer nobody listens for. The rows these tests enqueue
+    /// have expired or are not yet due, so it never dials.
+    fn driver(
+        store: Arc<OutcomeStore>,
+    ) -> (
+        tempfile::TempDir,
+        PeerDriver,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::identity::generate(dir.path(), "org-a").unwrap();
+        let identity = Identity::load(&keys.certificate, &keys.private_key).unwrap();
+        let endpoint = Endpoint::bind(
+            &EndpointSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                idle_timeout: Duration::from_secs(30),
+            },
+            identity,
+            TrustStore::new([]),
+        )
+        .unwrap();
+        let settings = DriverSettings {
+            machine: MachineConfig {
+                rng_seed: 7,
+                ..MachineConfig::default()
+            },
+            send_timeout: Duration::from_secs(10),
+            max_frame_bytes: 65_536,
+            metrics: Metrics::new(),
+        };
+        let target = PeerTarget {
+            org_id: "org-b".into(),
+            address: "127.0.0.1:9".parse().unwrap(),
+        };
+        let shutdown = CancellationToken::new();
+        let (driver, task) = PeerDriver::spawn(target, settings, endpoint, store, shutdown.clone());
+        (dir, driver, shutdown, task)
+    }
+
+    fn expired(seq: i64) -> Pending {
+        Pending {
+            seq,
+            citizen: seq as u64,
+            expires_at_ms: 1,
+            attempts: 0,
+            not_before_ms: 0,
+        }
+    }
+
+    /// Lets the driver task run until it waits for something.
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_rows_are_taken_while_an_outcome_write_is_in_progress() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let store = Arc::new(OutcomeStore {
+            gate: Some(gate.clone()),
+            ..OutcomeStore::default()
+        });
+        let (_dir, driver, shutdown, task) = driver(store.clone());
+        driver.enqueue(expired(1), Vec::new());
+        settle().await;
+        // The write of seq 1's outcome is held at the gate; a new row due
+        // later must still reach the machine meanwhile.
+        let mut later = expired(2);
+        later.expires_at_ms = now_ms() + 7_200_000;
+        later.not_before_ms = now_ms() + 3_600_000;
+        driver.enqueue(later, Vec::new());
+        settle().await;
+        assert_eq!(
+            driver.health().queued,
+            1,
+            "the driver stopped taking input during a write"
+        );
+        assert!(store.attempts.lock().unwrap().is_empty());
+        gate.add_permits(10);
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(*store.written.lock().unwrap(), vec![1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_outcome_write_is_retried_in_order_and_loses_nothing() {
+        let store = Arc::new(OutcomeStore {
+            fail_first: 1,
+            ..OutcomeStore::default()
+        });
+        let (_dir, driver, shutdown, task) = driver(store.clone());
+        driver.enqueue(expired(1), Vec::new());
+        driver.enqueue(expired(2), Vec::new());
+        settle().await;
+        driver.enqueue(expired(3), Vec::new());
+        settle().await;
+        // Paused after the failure: nothing written yet.
+        assert_eq!(store.attempts.lock().unwrap().len(), 1);
+        assert!(store.written.lock().unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        settle().await;
+        assert_eq!(*store.written.lock().unwrap(), vec![1, 2, 3]);
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(store.attempts.lock().unwrap().len(), 2);
+    }
 
     #[test]
     fn request_frame_is_a_peer_request_holding_the_envelope() {

@@ -205,6 +205,15 @@ pub struct StoreCounts {
     pub inbox_unacked: u64,
 }
 
+/// Notices to one recipient still to deliver (pending or in flight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOutbox {
+    pub recipient: String,
+    pub notices: u64,
+    /// When the oldest of them was submitted.
+    pub oldest_created_at_ms: Millis,
+}
+
 /// Durable storage for one organisation. Every write is committed (and, on
 /// SQLite, fsynced) before the method returns.
 #[async_trait::async_trait]
@@ -216,6 +225,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Outbox rows to `recipient` that still need delivery (pending or in
     /// flight), in `seq` order.
     async fn undelivered(&self, recipient: &str) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Per recipient with anything still to deliver: how much and since
+    /// when. Cheap (served by the index of undelivered rows), so metrics and
+    /// the readiness probe may call it on every scrape.
+    async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError>;
 
     /// Applies delivery decisions in one transaction.
     async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError>;

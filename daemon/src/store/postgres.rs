@@ -15,7 +15,7 @@
 //! Transactions run at PostgreSQL's default `READ COMMITTED`: an insert that
 //! conflicts with a row another transaction is writing waits for it, and the
 //! read-back that follows sees it committed.
-//! `ack_inbox` is one statement, committed on its own.
+//! `ack_inbox` runs its update and existence check in one transaction too.
 //!
 //! This is one daemon instance per database schema: claiming outbox work
 //! across several instances (leases, `SKIP LOCKED`) and waking inbox
@@ -107,6 +107,11 @@ impl PostgresStore {
         operation: &'static str,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await.map_err(query_error(operation))
+    }
+
+    /// Waits for in-progress queries and closes the pool.
+    async fn close_pools(&self) {
+        self.pool.close().await;
     }
 }
 

@@ -10,10 +10,11 @@
 //! built with [`sqlx::QueryBuilder`] and `push_bind`, so its text carries no
 //! backend's placeholder syntax.
 //!
-//! A backend provides a type with a `pool` field (its `sqlx::Pool`), an
-//! inherent `async fn begin_write(&self, operation: &'static str) ->
-//! Result<Transaction<'static, DB>, StoreError>` that opens a write
-//! transaction the way that backend needs, and its parameter limit per
+//! A backend provides a type with a `pool` field (its `sqlx::Pool`, for
+//! reads), an inherent `async fn begin_write(&self, operation: &'static str)
+//! -> Result<Transaction<'static, DB>, StoreError>` that opens a write
+//! transaction the way that backend needs (every write goes through it), an
+//! inherent `async fn close_pools(&self)`, and its parameter limit per
 //! statement.
 
 use super::{OutboxState, StoreError};
@@ -72,7 +73,7 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OutboxItem,
+                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxItem,
                 OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
             };
 
@@ -432,6 +433,29 @@ macro_rules! sql_store {
                         .collect()
                 }
 
+                async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {
+                    const OP: &str = "outbox_open";
+                    let error = query_error(OP);
+                    let rows = sqlx::query(
+                        "SELECT o.recipient, COUNT(*), MIN(n.created_at_ms) \
+                         FROM outbox o JOIN notices n ON n.notice_id = o.notice_id \
+                         WHERE o.state IN ('pending', 'in_flight') \
+                         GROUP BY o.recipient ORDER BY o.recipient",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(error)?;
+                    rows.iter()
+                        .map(|row: &<$db as sqlx::Database>::Row| {
+                            Ok(OpenOutbox {
+                                recipient: row.try_get(0).map_err(error)?,
+                                notices: parse_count("open", row.try_get(1).map_err(error)?)?,
+                                oldest_created_at_ms: row.try_get(2).map_err(error)?,
+                            })
+                        })
+                        .collect()
+                }
+
                 async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError> {
                     const OP: &str = "update_outbox";
                     if updates.is_empty() {
@@ -670,24 +694,27 @@ macro_rules! sql_store {
                     let Ok(row_cursor) = i64::try_from(cursor) else {
                         return Err(StoreError::NoSuchInboxItem(cursor));
                     };
-                    // One statement, so no explicit transaction (see each backend
-                    // for how it commits).
+                    // In a write transaction like every other write, so a backend
+                    // that serialises its writers (SQLite) queues this one too.
+                    let mut tx = self.begin_write(OP).await?;
                     let mut query = QueryBuilder::<$db>::new("UPDATE inbox SET acked_at_ms = ");
                     query.push_bind(at_ms);
                     query.push(" WHERE cursor = ");
                     query.push_bind(row_cursor);
                     query.push(" AND acked_at_ms IS NULL");
-                    let result = query.build().execute(&self.pool).await.map_err(error)?;
+                    let result = query.build().execute(&mut *tx).await.map_err(error)?;
                     if result.rows_affected() > 0 {
+                        tx.commit().await.map_err(error)?;
                         return Ok(true);
                     }
                     let mut query = QueryBuilder::<$db>::new("SELECT COUNT(*) FROM inbox WHERE cursor = ");
                     query.push_bind(row_cursor);
                     let exists: i64 = query
                         .build_query_scalar()
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *tx)
                         .await
                         .map_err(error)?;
+                    tx.commit().await.map_err(error)?;
                     if exists > 0 {
                         Ok(false)
                     } else {
@@ -720,7 +747,7 @@ macro_rules! sql_store {
                 }
 
                 async fn close(&self) {
-                    self.pool.close().await;
+                    self.close_pools().await;
                 }
             }
         };

@@ -7,8 +7,15 @@
 //! busy timeout for another writer) instead of upgrading a read transaction
 //! later, which in WAL mode can fail with `SQLITE_BUSY_SNAPSHOT` no matter
 //! how long one waits.
-//! `ack_inbox` is one statement outside any explicit transaction: it takes
-//! the write lock as it starts.
+//!
+//! Writes go through a pool of their own with a single connection, so the
+//! daemon's writers (submits, delivery outcomes, inbox accepts, acks) queue
+//! for it in order inside the process. With several writing connections they
+//! would meet at SQLite's lock instead, and SQLite's busy handler waits by
+//! polling with sleeps of 1, 2, 5, 10 … 100 ms: under steady load the loser
+//! of each collision slept far longer than the winner's transaction took
+//! (submit-to-delivered p99 of ~1 s at 1,000 notices/s, BENCHMARKS.md).
+//! Readers keep their own connections; WAL lets them run beside the writer.
 //!
 //! The statements are shared with [`super::postgres`] (see `store/sql.rs`).
 //!
@@ -35,9 +42,9 @@ use sqlx::sqlite::{
 use super::StoreError;
 use super::sql::query_error;
 
-/// Connections in the pool. SQLite has one writer at a time; the others
-/// serve readers (WAL lets them run beside the writer).
-const MAX_CONNECTIONS: u32 = 4;
+/// Connections serving reads (WAL lets them run beside the writer); the one
+/// writing connection comes on top.
+const READ_CONNECTIONS: u32 = 3;
 
 /// How long a writer waits for the write lock before failing with
 /// `SQLITE_BUSY`.
@@ -55,7 +62,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// The [`Store`](super::Store) backed by one SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes: one connection, so writers queue here rather than at
+    /// SQLite's busy handler (see the module documentation).
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -69,19 +80,31 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+        let open_error = |source| StoreError::Open {
+            location: path.display().to_string(),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
-            .map_err(|source| StoreError::Open {
-                location: path.display().to_string(),
-                source,
-            })?;
-        if let Err(error) = MIGRATOR.run(&pool).await {
-            pool.close().await;
+            .map_err(open_error)?;
+        if let Err(error) = MIGRATOR.run(&writer).await {
+            writer.close().await;
             return Err(error.into());
         }
-        Ok(SqliteStore { pool })
+        let pool = match SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options)
+            .await
+        {
+            Ok(pool) => pool,
+            Err(source) => {
+                writer.close().await;
+                return Err(open_error(source));
+            }
+        };
+        Ok(SqliteStore { pool, writer })
     }
 
     /// Starts a write transaction holding the writer lock from the start.
@@ -89,10 +112,16 @@ impl SqliteStore {
         &self,
         operation: &'static str,
     ) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_error(operation))
+    }
+
+    /// Waits for in-progress writes and closes both pools.
+    async fn close_pools(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
     }
 }
 

@@ -17,8 +17,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{
-    IncomingNotice, NewNotice, NewOutboxItem, OutboxState, OutboxUpdate, Store, StoreCounts,
-    StoreError, SubmitOutcome,
+    IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxState, OutboxUpdate, Store,
+    StoreCounts, StoreError, SubmitOutcome,
 };
 use crate::Millis;
 
@@ -790,6 +790,44 @@ pub(crate) async fn counts_reflect_states(store: &dyn Store) {
     );
 }
 
+/// Open outbox rows per recipient: pending and in flight count, finished
+/// rows do not, and the oldest is the earliest submitted of the open ones.
+pub(crate) async fn outbox_open_counts_undelivered_per_recipient(store: &dyn Store) {
+    assert_eq!(store.outbox_open().await.unwrap(), Vec::new());
+    let mut early = notice("n-1", "key-1", &["org-b", "org-c"]);
+    early.created_at_ms = 500;
+    let one = stored_seqs(&submit_one(store, early).await);
+    let two = stored_seqs(&submit_one(store, notice("n-2", "key-2", &["org-b", "org-c"])).await);
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: one[0],
+                attempts: 1,
+            },
+            OutboxUpdate::Delivered {
+                seq: one[1],
+                receipt: b"r".to_vec(),
+                at_ms: 2_000,
+            },
+            OutboxUpdate::Failed {
+                seq: two[1],
+                reason: "expired".to_owned(),
+                receipt: None,
+                at_ms: 2_000,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.outbox_open().await.unwrap(),
+        vec![OpenOutbox {
+            recipient: "org-b".to_owned(),
+            notices: 2,
+            oldest_created_at_ms: 500,
+        }]
+    );
+}
+
 /// Batches far larger than one statement can bind work through every write
 /// method.
 pub(crate) async fn large_batches(store: &dyn Store) {
@@ -920,6 +958,7 @@ macro_rules! store_suite {
             ack_inbox_twice,
             ack_unknown_cursor_is_an_error,
             counts_reflect_states,
+            outbox_open_counts_undelivered_per_recipient,
             large_batches,
         );
     };

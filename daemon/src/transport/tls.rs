@@ -406,6 +406,9 @@ mod tests {
         ]);
         assert_eq!(trust.organisation_at(&old, 999).as_deref(), Some("org-a"));
         assert_eq!(trust.organisation_at(&old, 1_000), None);
-        assert_eq!(trust.organisation_at(&new, 1_000_000).as_deref(), Some("org-a"));
+        assert_eq!(
+            trust.organisation_at(&new, 1_000_000).as_deref(),
+            Some("org-a")
+        );
     }
 }
