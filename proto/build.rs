@@ -1,7 +1,11 @@
 //! Compiles the `.proto` files with protox (pure Rust), so building tvaers
 //! needs no system `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tvaers/v1/notice.proto", "tvaers/v1/local_api.proto"];
+    let files = [
+        "tvaers/v1/notice.proto",
+        "tvaers/v1/local_api.proto",
+        "tvaers/v1/admin_api.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed=proto/{file}");
     }

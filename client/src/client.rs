@@ -19,6 +19,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often [`Client::wait_delivered`] asks the daemon.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// A gRPC channel to a daemon socket (local or admin API).
+pub(crate) async fn unix_channel(socket_path: &Path) -> Result<(Channel, Target), ClientError> {
+    let path = Arc::new(socket_path.to_path_buf());
+    let target = Target::Unix(PathBuf::clone(&path));
+    // The URI is required by the HTTP layer but never resolved: the
+    // connector below ignores it and dials the socket.
+    let endpoint = Endpoint::from_static("http://localhost").connect_timeout(CONNECT_TIMEOUT);
+    let connector = tower::service_fn(move |_: Uri| {
+        let path = Arc::clone(&path);
+        async move {
+            let stream = tokio::net::UnixStream::connect(&*path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    match endpoint.connect_with_connector(connector).await {
+        Ok(channel) => Ok((channel, target)),
+        Err(e) => Err(ClientError::from_connect(&e, target)),
+    }
+}
+
 /// A connection to the local tvaers daemon.
 ///
 /// Cheap to clone: clones share one HTTP/2 connection, and every method
@@ -38,22 +58,8 @@ impl Client {
     /// to start the daemon, when the socket does not exist or nobody listens
     /// on it.
     pub async fn connect(socket_path: impl AsRef<Path>) -> Result<Client, ClientError> {
-        let path = Arc::new(socket_path.as_ref().to_path_buf());
-        let target = Target::Unix(PathBuf::clone(&path));
-        // The URI is required by the HTTP layer but never resolved: the
-        // connector below ignores it and dials the socket.
-        let endpoint = Endpoint::from_static("http://localhost").connect_timeout(CONNECT_TIMEOUT);
-        let connector = tower::service_fn(move |_: Uri| {
-            let path = Arc::clone(&path);
-            async move {
-                let stream = tokio::net::UnixStream::connect(&*path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
-        match endpoint.connect_with_connector(connector).await {
-            Ok(channel) => Ok(Client::from_channel(channel, target)),
-            Err(e) => Err(ClientError::from_connect(&e, target)),
-        }
+        let (channel, target) = unix_channel(socket_path.as_ref()).await?;
+        Ok(Client::from_channel(channel, target))
     }
 
     /// Connects to a daemon whose local API listens on loopback TCP, e.g.

@@ -68,12 +68,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod client;
 mod error;
 mod inbox;
 mod status;
 mod submission;
 
+pub use admin::AdminClient;
 pub use client::Client;
 pub use error::{ClientError, Target};
 pub use inbox::InboxStream;

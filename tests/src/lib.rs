@@ -107,7 +107,7 @@ impl Sites {
                 socket: dir.join("run/api.sock"),
                 log: dir.join("tvaersd.log"),
                 dir,
-                port: free_udp_port()?,
+                port: free_port()?,
                 fingerprint: keys.fingerprint.to_string(),
                 child: None,
             });
@@ -134,7 +134,7 @@ impl Sites {
     /// Turns on a site's metrics listener (before it starts) on a free
     /// loopback port and returns its address.
     pub fn enable_metrics(&self, org_id: &str) -> Result<std::net::SocketAddr> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let config = &self.site(org_id).config;
         let mut text = std::fs::read_to_string(config)?;
         text.push_str(&format!("\n[metrics]\nlisten = \"{addr}\"\n"));
@@ -373,9 +373,28 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, St
     Ok((status, body.to_owned()))
 }
 
-fn free_udp_port() -> Result<u16> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?.port())
+/// A loopback port free for both UDP and TCP, for a daemon to bind later.
+///
+/// Ports come from below Linux's ephemeral range (32768 and up), each at
+/// most once per test process: a port the kernel hands out for a `:0` bind
+/// is released before the daemon binds it, and another test could be given
+/// the same one meanwhile. The process id spreads concurrent test binaries.
+pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = u16::try_from(std::process::id() % 100).unwrap_or(0) * 120;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = FIRST + offset;
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
 
 /// The `tvaersd` binary of this build, built first if needed.

@@ -701,11 +701,7 @@ async fn sigterm_while_submitting_loses_no_acknowledged_notice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_api_also_serves_loopback_tcp_when_configured() {
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tvaers_e2e::free_port().unwrap();
     sites
         .add_api_setting(PSYCHIATRY.org_id, &format!("tcp = \"127.0.0.1:{port}\""))
         .unwrap();

@@ -1,0 +1,98 @@
+//! The daemon's admin API (`tvaers.v1.AdminApi`), for the `tvaers` CLI and
+//! operators' scripts: status, peer reloads and outbox management. It
+//! listens on its own Unix socket (mode 0600), apart from the local API.
+
+use std::path::Path;
+
+use tonic::transport::Channel;
+use tvaers_proto::v1;
+use tvaers_proto::v1::admin_api_client::AdminApiClient;
+
+use crate::client::unix_channel;
+use crate::error::{ClientError, Target};
+
+/// A connection to a daemon's admin socket.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    inner: AdminApiClient<Channel>,
+    target: Target,
+}
+
+impl AdminClient {
+    /// Connects to the admin socket; a missing daemon is reported as
+    /// [`ClientError::DaemonNotRunning`] with the path and how to start it.
+    pub async fn connect(socket_path: impl AsRef<Path>) -> Result<AdminClient, ClientError> {
+        let (channel, target) = unix_channel(socket_path.as_ref()).await?;
+        Ok(AdminClient {
+            inner: AdminApiClient::new(channel),
+            target,
+        })
+    }
+
+    fn map(&self, status: tonic::Status) -> ClientError {
+        ClientError::from_status(status, &self.target)
+    }
+
+    pub async fn status(&self) -> Result<v1::AdminStatusResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .status(v1::AdminStatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
+    pub async fn reload_peers(&self) -> Result<v1::ReloadPeersResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .reload_peers(v1::ReloadPeersRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
+    pub async fn list_outbox(
+        &self,
+        request: v1::ListOutboxRequest,
+    ) -> Result<Vec<v1::OutboxRow>, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .list_outbox(request)
+            .await
+            .map(|r| r.into_inner().rows)
+            .map_err(|s| self.map(s))
+    }
+
+    pub async fn retry_outbox(
+        &self,
+        notice_id: &str,
+        recipient: Option<&str>,
+    ) -> Result<v1::OutboxActionResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .retry_outbox(action(notice_id, recipient))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
+    pub async fn cancel_outbox(
+        &self,
+        notice_id: &str,
+        recipient: Option<&str>,
+    ) -> Result<v1::OutboxActionResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .cancel_outbox(action(notice_id, recipient))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+}
+
+fn action(notice_id: &str, recipient: Option<&str>) -> v1::OutboxActionRequest {
+    v1::OutboxActionRequest {
+        notice_id: notice_id.to_owned(),
+        recipient: recipient.unwrap_or_default().to_owned(),
+    }
+}
