@@ -44,6 +44,10 @@ pub struct PeerHealth {
     pub in_flight: usize,
     /// The last reason the peer could not be reached, while it cannot.
     pub last_error: Option<String>,
+    /// When a connection came up or a receipt arrived last.
+    pub last_contact_ms: Option<Millis>,
+    /// Smoothed round-trip time of the live connection.
+    pub rtt: Option<Duration>,
 }
 
 /// Where one peer is and how to check it is the right one.
@@ -70,6 +74,7 @@ enum Input {
     ConnectFailed(String),
     Disconnected(u64, String),
     Replied(i64, Result<v1::Receipt, String>),
+    Cancel(i64, String, tokio::sync::oneshot::Sender<bool>),
 }
 
 /// A handle to one peer's driver task.
@@ -103,6 +108,7 @@ impl PeerDriver {
             envelopes: HashMap::new(),
             receipts: HashMap::new(),
             connection: None,
+            last_contact_ms: None,
             generation: 0,
             wake_at: None,
             updates: Vec::new(),
@@ -118,6 +124,21 @@ impl PeerDriver {
         let _ = self
             .inputs
             .send(Input::Enqueue(pending, Arc::new(envelope)));
+    }
+
+    /// Gives up on a queued outbox row (recorded as failed with `reason`).
+    /// Answers false when the driver does not hold it queued: it is on the
+    /// wire (its receipt decides), finished, or the driver has stopped.
+    pub async fn cancel(&self, seq: i64, reason: String) -> bool {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self
+            .inputs
+            .send(Input::Cancel(seq, reason, answer))
+            .is_err()
+        {
+            return false;
+        }
+        answered.await.unwrap_or(false)
     }
 
     pub fn health(&self) -> PeerHealth {
@@ -139,6 +160,7 @@ struct Task {
     envelopes: HashMap<i64, Arc<Vec<u8>>>,
     receipts: HashMap<i64, v1::Receipt>,
     connection: Option<(u64, quinn::Connection)>,
+    last_contact_ms: Option<Millis>,
     /// Tells a stale connection's close event from the current one's.
     generation: u64,
     wake_at: Option<Millis>,
@@ -217,6 +239,7 @@ impl Task {
             Input::Connected(generation, connection) => {
                 self.watch_close(generation, connection.clone());
                 self.connection = Some((generation, connection));
+                self.last_contact_ms = Some(now_ms());
                 self.feed(Event::Connected);
             }
             Input::ConnectFailed(error) => {
@@ -237,9 +260,18 @@ impl Task {
             Input::Replied(seq, Ok(receipt)) => {
                 let verdict = verdict_of(&receipt);
                 self.receipts.insert(seq, receipt);
+                self.last_contact_ms = Some(now_ms());
                 self.feed(Event::Receipt { seq, verdict });
             }
             Input::Replied(seq, Err(error)) => self.feed(Event::SendFailed { seq, error }),
+            Input::Cancel(seq, reason, answer) => {
+                let before = self.updates.len();
+                self.feed(Event::Cancel { seq, reason });
+                let cancelled = self.updates[before..].iter().any(
+                    |update| matches!(update, OutboxUpdate::Failed { seq: failed, .. } if *failed == seq),
+                );
+                let _ = answer.send(cancelled);
+            }
         }
     }
 
@@ -420,6 +452,8 @@ impl Task {
             queued: self.machine.queued(),
             in_flight: self.machine.in_flight(),
             last_error: self.machine.last_connect_error().map(str::to_owned),
+            last_contact_ms: self.last_contact_ms,
+            rtt: self.connection.as_ref().map(|(_, c)| c.rtt()),
         };
         *self
             .health
@@ -505,7 +539,7 @@ mod tests {
     use super::*;
     use crate::store::{
         AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-        OutboxItem, StoreCounts, SubmitOutcome,
+        OutboxFilter, OutboxItem, StoreCounts, SubmitOutcome,
     };
     use crate::transport::endpoint::EndpointSettings;
     use crate::transport::tls::{Identity, TrustStore};
@@ -554,6 +588,12 @@ mod tests {
             unimplemented!("not used by the driver")
         }
         async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn list_outbox(&self, _: OutboxFilter) -> Result<Vec<OutboxItem>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn reopen_outbox(&self, _: Vec<i64>, _: Millis) -> Result<u64, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn delivery(&self, _: &str) -> Result<Option<NoticeDelivery>, StoreError> {

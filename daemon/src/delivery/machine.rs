@@ -158,6 +158,9 @@ pub enum Event {
     Receipt { seq: i64, verdict: ReceiptVerdict },
     /// Stream-level failure for one seq (timeout, reset, bad reply): transient.
     SendFailed { seq: i64, error: String },
+    /// An operator gave up on one seq. Applies only while it is queued: once
+    /// on the wire, the peer's receipt decides.
+    Cancel { seq: i64, reason: String },
     /// Time passed (the driver woke up).
     Tick,
     /// The daemon is stopping: no new connections and no new sends; outcomes
@@ -292,6 +295,16 @@ impl Machine {
             Event::Disconnected { error } => self.on_disconnected(now, error, &mut out),
             Event::Receipt { seq, verdict } => self.on_receipt(now, seq, verdict, &mut out),
             Event::SendFailed { seq, error } => self.transient(now, seq, error, &mut out),
+            Event::Cancel { seq, reason } => {
+                if self.items.contains_key(&seq) && !self.in_flight.contains(&seq) {
+                    self.finish(now, seq);
+                    out.push(Action::Failed {
+                        seq,
+                        reason,
+                        rejected_by_peer: false,
+                    });
+                }
+            }
             Event::Tick => {}
             Event::Shutdown => self.shutting_down = true,
         }
@@ -1188,5 +1201,52 @@ mod tests {
         }
         assert_eq!(delivered, N);
         assert_eq!((m.queued(), m.in_flight()), (0, 0));
+    }
+
+    #[test]
+    fn cancel_drops_a_queued_item_and_unblocks_its_citizen_but_not_one_in_flight() {
+        let mut m = Machine::new(cfg(1));
+        m.handle(0, Event::Enqueued(item(1, 7)));
+        m.handle(0, Event::Enqueued(item(2, 7)));
+        let a = m.handle(0, Event::Connected);
+        assert!(a.contains(&Action::Send(vec![1])), "{a:?}");
+        // In flight: the receipt decides, cancel changes nothing.
+        let a = m.handle(
+            1,
+            Event::Cancel {
+                seq: 1,
+                reason: "cancelled".into(),
+            },
+        );
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Failed { .. })),
+            "{a:?}"
+        );
+        assert_eq!(m.in_flight(), 1);
+        // Queued behind it: cancelled at once, never sent.
+        let a = m.handle(
+            2,
+            Event::Cancel {
+                seq: 2,
+                reason: "cancelled".into(),
+            },
+        );
+        assert!(a.contains(&Action::Failed {
+            seq: 2,
+            reason: "cancelled".into(),
+            rejected_by_peer: false
+        }));
+        assert_eq!(m.queued(), 0);
+        let a = m.handle(3, accepted(1));
+        assert!(!a.iter().any(|x| matches!(x, Action::Send(_))), "{a:?}");
+        // Unknown seqs are ignored.
+        let a = m.handle(
+            4,
+            Event::Cancel {
+                seq: 99,
+                reason: "cancelled".into(),
+            },
+        );
+        assert!(!a.iter().any(|x| matches!(x, Action::Failed { .. })));
     }
 }

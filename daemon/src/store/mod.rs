@@ -117,6 +117,16 @@ pub struct OutboxItem {
     pub last_error: Option<String>,
 }
 
+/// Which outbox rows [`Store::list_outbox`] returns: newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxFilter {
+    pub state: Option<OutboxState>,
+    /// Only rows with a smaller seq (paging back).
+    pub before_seq: Option<i64>,
+    pub notice_id: Option<String>,
+    pub limit: u32,
+}
+
 /// A change to outbox rows decided by the delivery machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxUpdate {
@@ -230,6 +240,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// when. Cheap (served by the index of undelivered rows), so metrics and
     /// the readiness probe may call it on every scrape.
     async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError>;
+
+    /// Outbox rows matching `filter`, newest (highest seq) first.
+    async fn list_outbox(&self, filter: OutboxFilter) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Puts failed rows back to pending for a new round of attempts
+    /// (attempts reset, error and receipt cleared, due at `now_ms`). Rows
+    /// that are not failed, or whose notice has expired, stay as they are.
+    /// Returns how many rows were reopened.
+    async fn reopen_outbox(&self, seqs: Vec<i64>, now_ms: Millis) -> Result<u64, StoreError>;
 
     /// Applies delivery decisions in one transaction.
     async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError>;

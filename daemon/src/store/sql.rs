@@ -73,9 +73,36 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxItem,
+                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
                 OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
             };
+
+            /// Columns [`outbox_item`] reads, in its order.
+            const OUTBOX_ITEM_SELECT: &str =
+                "SELECT o.seq, o.notice_id, o.recipient, o.envelope, o.state, o.attempts, \
+                        o.next_attempt_at_ms, n.expires_at_ms, o.last_error \
+                 FROM outbox o JOIN notices n ON n.notice_id = o.notice_id";
+
+            fn outbox_item(
+                operation: &'static str,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<OutboxItem, StoreError> {
+                let error = query_error(operation);
+                let seq: i64 = row.try_get(0).map_err(error)?;
+                let state: &str = row.try_get(4).map_err(error)?;
+                let attempts: i64 = row.try_get(5).map_err(error)?;
+                Ok(OutboxItem {
+                    seq,
+                    notice_id: row.try_get(1).map_err(error)?,
+                    recipient: row.try_get(2).map_err(error)?,
+                    envelope: row.try_get(3).map_err(error)?,
+                    state: parse_state(seq, state)?,
+                    attempts: parse_attempts(seq, attempts)?,
+                    next_attempt_at_ms: row.try_get(6).map_err(error)?,
+                    expires_at_ms: row.try_get(7).map_err(error)?,
+                    last_error: row.try_get(8).map_err(error)?,
+                })
+            }
 
             /// The updates of one run of [`OutboxUpdate`]s in which no row appears
             /// twice, so they can be applied grouped by kind without changing the result
@@ -403,34 +430,62 @@ macro_rules! sql_store {
 
                 async fn undelivered(&self, recipient: &str) -> Result<Vec<OutboxItem>, StoreError> {
                     const OP: &str = "undelivered";
-                    let error = query_error(OP);
-                    let mut query = QueryBuilder::<$db>::new(
-                        "SELECT o.seq, o.notice_id, o.recipient, o.envelope, o.state, o.attempts, \
-                                o.next_attempt_at_ms, n.expires_at_ms, o.last_error \
-                         FROM outbox o JOIN notices n ON n.notice_id = o.notice_id \
-                         WHERE o.recipient = ",
-                    );
+                    let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);
+                    query.push(" WHERE o.recipient = ");
                     query.push_bind(recipient);
                     query.push(" AND o.state IN ('pending', 'in_flight') ORDER BY o.seq");
-                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
-                    rows.iter()
-                        .map(|row: &<$db as sqlx::Database>::Row| {
-                            let seq: i64 = row.try_get(0).map_err(error)?;
-                            let state: &str = row.try_get(4).map_err(error)?;
-                            let attempts: i64 = row.try_get(5).map_err(error)?;
-                            Ok(OutboxItem {
-                                seq,
-                                notice_id: row.try_get(1).map_err(error)?,
-                                recipient: row.try_get(2).map_err(error)?,
-                                envelope: row.try_get(3).map_err(error)?,
-                                state: parse_state(seq, state)?,
-                                attempts: parse_attempts(seq, attempts)?,
-                                next_attempt_at_ms: row.try_get(6).map_err(error)?,
-                                expires_at_ms: row.try_get(7).map_err(error)?,
-                                last_error: row.try_get(8).map_err(error)?,
-                            })
-                        })
-                        .collect()
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
+                    rows.iter().map(|row| outbox_item(OP, row)).collect()
+                }
+
+                async fn list_outbox(&self, filter: OutboxFilter) -> Result<Vec<OutboxItem>, StoreError> {
+                    const OP: &str = "list_outbox";
+                    let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);
+                    query.push(" WHERE 1 = 1");
+                    if let Some(state) = filter.state {
+                        query.push(" AND o.state = ");
+                        query.push_bind(state.as_str());
+                    }
+                    if let Some(before) = filter.before_seq {
+                        query.push(" AND o.seq < ");
+                        query.push_bind(before);
+                    }
+                    if let Some(notice_id) = filter.notice_id {
+                        query.push(" AND o.notice_id = ");
+                        query.push_bind(notice_id);
+                    }
+                    query.push(" ORDER BY o.seq DESC LIMIT ");
+                    query.push_bind(i64::from(filter.limit));
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
+                    rows.iter().map(|row| outbox_item(OP, row)).collect()
+                }
+
+                async fn reopen_outbox(&self, seqs: Vec<i64>, now_ms: Millis) -> Result<u64, StoreError> {
+                    const OP: &str = "reopen_outbox";
+                    let error = query_error(OP);
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut reopened = 0;
+                    for chunk in seqs.chunks($max_binds - 2) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "UPDATE outbox SET state = 'pending', attempts = 0, last_error = NULL, \
+                             receipt = NULL, finished_at_ms = NULL, next_attempt_at_ms = ",
+                        );
+                        query.push_bind(now_ms);
+                        query.push(
+                            " WHERE state = 'failed' AND notice_id IN \
+                             (SELECT notice_id FROM notices WHERE expires_at_ms > ",
+                        );
+                        query.push_bind(now_ms);
+                        query.push(") AND seq IN (");
+                        let mut list = query.separated(", ");
+                        for seq in chunk {
+                            list.push_bind(*seq);
+                        }
+                        list.push_unseparated(")");
+                        reopened += query.build().execute(&mut *tx).await.map_err(error)?.rows_affected();
+                    }
+                    tx.commit().await.map_err(error)?;
+                    Ok(reopened)
                 }
 
                 async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {

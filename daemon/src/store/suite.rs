@@ -17,8 +17,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{
-    IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxState, OutboxUpdate, Store,
-    StoreCounts, StoreError, SubmitOutcome,
+    IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxState, OutboxUpdate,
+    Store, StoreCounts, StoreError, SubmitOutcome,
 };
 use crate::Millis;
 
@@ -914,6 +914,146 @@ pub(crate) async fn large_batches(store: &dyn Store) {
 
 /// What a backend's `$make` in [`store_suite!`] may yield: a fresh store
 /// with its guard, or `None` when the case must be skipped.
+/// `list_outbox` returns matching rows newest first, by state, notice and
+/// page, with their envelopes.
+pub(crate) async fn list_outbox_filters_newest_first(store: &dyn Store) {
+    let a = stored_seqs(&submit_one(store, notice("n-1", "k-1", &["org-a", "org-b"])).await);
+    let b = stored_seqs(&submit_one(store, notice("n-2", "k-2", &["org-a"])).await);
+    store
+        .update_outbox(vec![OutboxUpdate::Failed {
+            seq: a[1],
+            reason: "no".into(),
+            receipt: None,
+            at_ms: 2_000,
+        }])
+        .await
+        .unwrap();
+    let all = |filter: OutboxFilter| async move {
+        store
+            .list_outbox(filter)
+            .await
+            .unwrap()
+            .iter()
+            .map(|item| item.seq)
+            .collect::<Vec<_>>()
+    };
+    let limit = 10;
+    assert_eq!(
+        all(OutboxFilter {
+            limit,
+            ..Default::default()
+        })
+        .await,
+        [b[0], a[1], a[0]]
+    );
+    assert_eq!(
+        all(OutboxFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await,
+        [b[0]]
+    );
+    assert_eq!(
+        all(OutboxFilter {
+            state: Some(OutboxState::Failed),
+            limit,
+            ..Default::default()
+        })
+        .await,
+        [a[1]]
+    );
+    assert_eq!(
+        all(OutboxFilter {
+            notice_id: Some("n-1".into()),
+            limit,
+            ..Default::default()
+        })
+        .await,
+        [a[1], a[0]]
+    );
+    assert_eq!(
+        all(OutboxFilter {
+            before_seq: Some(b[0]),
+            limit,
+            ..Default::default()
+        })
+        .await,
+        [a[1], a[0]]
+    );
+    let rows = store
+        .list_outbox(OutboxFilter {
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows[1].envelope, envelope("n-1", "org-b"));
+    assert_eq!(rows[1].last_error.as_deref(), Some("no"));
+    assert_eq!(rows[1].expires_at_ms, EXPIRES_AT);
+}
+
+/// `reopen_outbox` puts failed rows of unexpired notices back to pending
+/// with a fresh attempt count; other rows stay as they are.
+pub(crate) async fn reopen_outbox_only_reopens_failed_unexpired_rows(store: &dyn Store) {
+    let seqs = stored_seqs(&submit_one(store, notice("n-1", "k-1", &["a", "b", "c"])).await);
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: seqs[0],
+                attempts: 3,
+            },
+            OutboxUpdate::Failed {
+                seq: seqs[0],
+                reason: "refused".into(),
+                receipt: Some(b"r".to_vec()),
+                at_ms: 2_000,
+            },
+            OutboxUpdate::Delivered {
+                seq: seqs[1],
+                receipt: b"ok".to_vec(),
+                at_ms: 2_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let reopened = store.reopen_outbox(seqs.clone(), 3_000).await.unwrap();
+    assert_eq!(reopened, 1);
+    let row = state_of(store, "n-1", seqs[0]).await;
+    assert_eq!(row.state, OutboxState::Pending);
+    assert_eq!(row.attempts, 0);
+    assert_eq!(row.last_error, None);
+    assert_eq!(row.receipt, None);
+    assert_eq!(row.next_attempt_at_ms, 3_000);
+    assert_eq!(
+        state_of(store, "n-1", seqs[1]).await.state,
+        OutboxState::Delivered
+    );
+    assert_eq!(seqs_of(store, "a").await, [seqs[0]]);
+
+    store
+        .update_outbox(vec![OutboxUpdate::Failed {
+            seq: seqs[0],
+            reason: "again".into(),
+            receipt: None,
+            at_ms: 4_000,
+        }])
+        .await
+        .unwrap();
+    // After the notice's expiry nothing is reopened: the peer would refuse it.
+    assert_eq!(
+        store
+            .reopen_outbox(vec![seqs[0]], EXPIRES_AT)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        state_of(store, "n-1", seqs[0]).await.state,
+        OutboxState::Failed
+    );
+}
+
 pub(crate) trait Fresh {
     type Guard;
     type Store;
@@ -960,6 +1100,8 @@ macro_rules! store_suite {
             counts_reflect_states,
             outbox_open_counts_undelivered_per_recipient,
             large_batches,
+            list_outbox_filters_newest_first,
+            reopen_outbox_only_reopens_failed_unexpired_rows,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -7,7 +7,7 @@
 //! pinned set applies to the next connection whatever TLS remembered.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -18,6 +18,10 @@ use super::tls::{self, Fingerprint, Identity, TlsError, TrustStore};
 /// state for each allowed stream as soon as a connection is accepted, before
 /// the peer is known, so this stays modest.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Application close code for a connection dropped because its peer was
+/// revoked or removed.
+pub const PEER_REVOKED: u32 = 0x52;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -54,6 +58,9 @@ pub struct Endpoint {
     identity: Arc<Identity>,
     trust: TrustStore,
     transport: Arc<quinn::TransportConfig>,
+    /// Live connections by organisation, both directions, so revoking a peer
+    /// can drop them at once.
+    live: Arc<Mutex<Vec<(String, quinn::Connection)>>>,
 }
 
 impl Endpoint {
@@ -90,6 +97,7 @@ impl Endpoint {
             identity: Arc::new(identity),
             trust,
             transport,
+            live: Arc::default(),
         })
     }
 
@@ -128,7 +136,31 @@ impl Endpoint {
                 addr,
                 message: e.to_string(),
             })?;
-        connecting.await.map_err(|e| self.explain(addr, &e))
+        let connection = connecting.await.map_err(|e| self.explain(addr, &e))?;
+        self.register(peer_org, &connection);
+        Ok(connection)
+    }
+
+    fn register(&self, org_id: &str, connection: &quinn::Connection) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|(_, c)| c.close_reason().is_none());
+        live.push((org_id.to_owned(), connection.clone()));
+    }
+
+    /// Closes every live connection with `org_id` (both directions) and
+    /// returns how many there were. New ones are kept out by the trust store.
+    pub fn close_peer(&self, org_id: &str, reason: &str) -> usize {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        live.retain(|(org, connection)| {
+            if org != org_id {
+                return connection.close_reason().is_none();
+            }
+            connection.close(quinn::VarInt::from_u32(PEER_REVOKED), reason.as_bytes());
+            closed += 1;
+            false
+        });
+        closed
     }
 
     /// Describes a connection error for an operator: a TLS alert from the
@@ -176,7 +208,10 @@ impl Endpoint {
         let first = certificates.first().ok_or(TransportError::NoCertificate)?;
         let fingerprint = Fingerprint::of(first);
         match self.trust.organisation(&fingerprint) {
-            Some(org) => Ok((org, fingerprint)),
+            Some(org) => {
+                self.register(&org, connection);
+                Ok((org, fingerprint))
+            }
             None => Err(TransportError::NotPinned(fingerprint)),
         }
     }
