@@ -9,31 +9,29 @@
 //! notice still in flight at shutdown is sent again after the restart
 //! (the receiver answers a duplicate with its stored receipt).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tvaers_proto::cpr::Cpr;
-use tvaers_proto::v1;
 
+use crate::admin::{AdminService, AdminState};
 use crate::api::{self, ApiState, LocalApiService};
 use crate::batch::GroupCommit;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::CitizenKeys;
-use crate::delivery::driver::{DriverSettings, PeerDriver, PeerTarget};
-use crate::delivery::machine::{MachineConfig, Pending};
+use crate::delivery::driver::DriverSettings;
+use crate::delivery::machine::MachineConfig;
 use crate::metrics::{self, Metrics};
+use crate::peers::{DriverContext, PeerSet};
 use crate::receive::Receiver;
 use crate::store::postgres::{PostgresStore, describe_url};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::transport::endpoint::{Endpoint, EndpointSettings, TransportError};
-use crate::transport::tls::{Identity, Pin, TlsError, TrustStore};
+use crate::transport::tls::{Identity, TlsError, TrustStore};
 
 /// Requests that go into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -102,8 +100,11 @@ pub async fn run(
             Arc::new(PostgresStore::open(url, *max_connections).await?)
         }
     };
+    let started_at_ms = crate::now_ms();
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
-    let trust = TrustStore::new(trust_pins(&config));
+    let certificate_not_after_ms = identity.not_after_ms();
+    // PeerSet::start pins the configured peers.
+    let trust = TrustStore::default();
     let endpoint = Endpoint::bind(
         &EndpointSettings {
             listen: config.transport.listen,
@@ -150,26 +151,19 @@ pub async fn run(
         max_frame_bytes: config.transport.max_frame_bytes,
         metrics: metrics.clone(),
     };
-    let mut peers = HashMap::new();
-    let mut driver_tasks = Vec::new();
-    for peer in config.active_peers() {
-        let (driver, task) = PeerDriver::spawn(
-            PeerTarget {
-                org_id: peer.org_id.clone(),
-                address: peer.addresses[0],
+    let peers = Arc::new(
+        PeerSet::start(
+            DriverContext {
+                settings,
+                endpoint: endpoint.clone(),
+                store: store.clone(),
+                citizens: citizens.clone(),
+                shutdown: drivers_stop.clone(),
             },
-            settings.clone(),
-            endpoint.clone(),
-            store.clone(),
-            drivers_stop.clone(),
-        );
-        let reloaded = reload_outbox(store.as_ref(), &peer.org_id, &driver, &citizens).await?;
-        if reloaded > 0 {
-            tracing::info!(peer = %peer.org_id, notices = reloaded, "resuming delivery of stored notices");
-        }
-        peers.insert(peer.org_id.clone(), driver);
-        driver_tasks.push(task);
-    }
+            config.peers.clone(),
+        )
+        .await?,
+    );
 
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
     let receiver = Arc::new(Receiver {
@@ -204,14 +198,28 @@ pub async fn run(
         org_id: config.site.org_id.clone(),
         store: store.clone(),
         submits,
-        peers,
+        peers: peers.clone(),
         citizens,
         default_ttl_ms: i64::try_from(config.delivery.ttl_seconds * 1000).unwrap_or(i64::MAX / 2),
         newest_cursor: newest_cursor_rx,
         shutdown: shutdown.clone(),
         metrics,
     });
-    let api_servers = serve_api(&config, state.clone(), &shutdown)?;
+    let admin = Arc::new(AdminState {
+        config_path: config.path.clone(),
+        site: config.site.clone(),
+        store: store.clone(),
+        store_description: match &config.store {
+            StoreConfig::Sqlite { path } => format!("sqlite://{}", path.display()),
+            StoreConfig::Postgres { url, .. } => describe_url(url),
+        },
+        peers: peers.clone(),
+        listen: peer_addr,
+        fingerprint: endpoint.fingerprint(),
+        certificate_not_after_ms,
+        started_at_ms,
+    });
+    let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
 
     tracing::info!(
         org = %config.site.org_id,
@@ -240,10 +248,8 @@ pub async fn run(
     {
         tracing::warn!("some incoming streams did not finish within 5 s; their senders will retry");
     }
+    peers.stop_all().await;
     drivers_stop.cancel();
-    for task in driver_tasks {
-        let _ = task.await;
-    }
     // The last handles to the writers go here; each writer commits what is
     // queued and ends.
     drop(state);
@@ -255,60 +261,30 @@ pub async fn run(
     Ok(())
 }
 
-/// The certificates peers may connect with, from the configured peers.
-pub fn trust_pins(config: &Config) -> Vec<Pin> {
-    config
-        .peers
-        .iter()
-        .flat_map(|peer| {
-            peer.pins()
-                .into_iter()
-                .map(|(fingerprint, valid_until_ms)| Pin {
-                    fingerprint,
-                    org_id: peer.org_id.clone(),
-                    valid_until_ms,
-                })
-        })
-        .collect()
-}
-
-/// Hands a peer's undelivered outbox rows to its driver after a restart.
-async fn reload_outbox(
-    store: &dyn Store,
-    peer: &str,
-    driver: &PeerDriver,
-    citizens: &CitizenKeys,
-) -> Result<usize, StoreError> {
-    let rows = store.undelivered(peer).await?;
-    let count = rows.len();
-    for row in rows {
-        // Order is per citizen; a row whose CPR does not parse (it was
-        // checked at submit, so only a damaged row) is ordered on its own.
-        let citizen = v1::Envelope::decode(row.envelope.as_slice())
-            .ok()
-            .and_then(|e| e.notice)
-            .and_then(|n| Cpr::parse(&n.citizen_cpr).ok())
-            .map_or(row.seq as u64, |cpr| citizens.key(&cpr));
-        driver.enqueue(
-            Pending {
-                seq: row.seq,
-                citizen,
-                expires_at_ms: row.expires_at_ms,
-                attempts: row.attempts,
-                not_before_ms: row.next_attempt_at_ms,
-            },
-            row.envelope,
-        );
-    }
-    Ok(count)
-}
-
 fn serve_api(
     config: &Config,
     state: Arc<ApiState>,
+    admin: Arc<AdminState>,
     shutdown: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     let mut servers = Vec::new();
+    let admin_socket = &config.api.admin_socket;
+    let listener = crate::admin::bind_unix(admin_socket).map_err(|source| DaemonError::Api {
+        place: admin_socket.display().to_string(),
+        source,
+    })?;
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminService::new(admin).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    servers.push(tokio::spawn(async move {
+        if let Err(error) = admin_server.await {
+            tracing::error!(%error, "admin API stopped");
+        }
+    }));
+
     let socket = &config.api.socket;
     let listener = api::bind_unix(socket).map_err(|source| DaemonError::Api {
         place: socket.display().to_string(),

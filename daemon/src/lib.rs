@@ -15,6 +15,7 @@
 //! scrape.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod batch;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod identity;
 pub mod metrics;
+pub mod peers;
 pub mod receive;
 pub mod signing;
 pub mod store;

@@ -13,7 +13,6 @@
 //! code: never a CPR number, a name, free text or a notice id, so nothing
 //! about a citizen can reach a metrics system and label sets stay small.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,8 +30,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::driver::PeerDriver;
 use crate::now_ms;
+use crate::peers::PeerSet;
 use crate::store::Store;
 
 /// The Prometheus text format's content type (what `prometheus-client`
@@ -253,7 +252,7 @@ impl Metrics {
                 None
             }
         };
-        for (peer, driver) in &sources.peers {
+        for (peer, driver) in &sources.peers.drivers().await {
             let label = PeerLabel { peer: peer.clone() };
             self.connected
                 .get_or_create(&label)
@@ -330,7 +329,7 @@ impl PeerMetrics {
 pub struct Sources {
     pub metrics: Metrics,
     pub store: Arc<dyn Store>,
-    pub peers: HashMap<String, PeerDriver>,
+    pub peers: Arc<PeerSet>,
     /// Set once the daemon has finished start-up (everything listens).
     pub started: Arc<AtomicBool>,
 }

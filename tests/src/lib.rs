@@ -272,6 +272,21 @@ impl Sites {
         Ok(Client::connect(&self.site(org_id).socket).await?)
     }
 
+    /// A client of the site's admin API (`run/admin.sock`).
+    pub async fn admin(&self, org_id: &str) -> Result<tvaers_client::AdminClient> {
+        let socket = self.site(org_id).dir.join("run/admin.sock");
+        Ok(tvaers_client::AdminClient::connect(socket).await?)
+    }
+
+    /// Rewrites a site's config file with `edit` (e.g. to revoke a peer
+    /// before asking the daemon to reload).
+    pub fn edit_config(&self, org_id: &str, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let path = &self.site(org_id).config;
+        let text = std::fs::read_to_string(path)?;
+        std::fs::write(path, edit(text))?;
+        Ok(())
+    }
+
     /// Everything the site's daemon has logged so far.
     pub fn log(&self, org_id: &str) -> String {
         std::fs::read_to_string(&self.site(org_id).log).unwrap_or_default()

@@ -4,7 +4,6 @@
 //! One file per call: [`submit`], [`status`], [`inbox`]. This file holds the
 //! shared state, the mapping of errors to gRPC status codes and the server.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,8 +17,8 @@ use tvaers_proto::v1::local_api_server::{LocalApi, LocalApiServer};
 
 use crate::batch::GroupCommit;
 use crate::delivery::CitizenKeys;
-use crate::delivery::driver::PeerDriver;
 use crate::metrics::Metrics;
+use crate::peers::PeerSet;
 use crate::store::{NewNotice, Store, SubmitOutcome};
 
 pub mod inbox;
@@ -32,7 +31,7 @@ pub struct ApiState {
     pub org_id: String,
     pub store: Arc<dyn Store>,
     pub submits: GroupCommit<NewNotice, SubmitOutcome>,
-    pub peers: HashMap<String, PeerDriver>,
+    pub peers: Arc<PeerSet>,
     pub citizens: CitizenKeys,
     pub default_ttl_ms: i64,
     pub newest_cursor: watch::Receiver<u64>,
@@ -120,6 +119,11 @@ pub(crate) fn internal(operation: &str, error: impl std::fmt::Display) -> Status
 /// Binds the Unix socket with mode 0660, replacing a stale socket file left
 /// by a crashed daemon.
 pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    bind_unix_with_mode(path, 0o660)
+}
+
+/// Binds a Unix socket with `mode`, replacing a stale socket file.
+pub fn bind_unix_with_mode(path: &Path, mode: u32) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -130,6 +134,6 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         Err(e) => return Err(e),
     }
     let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }

@@ -23,13 +23,14 @@ pub async fn delivery_status(
             request.notice_id
         )));
     };
+    let drivers = state.peers.drivers().await;
     let recipients = delivery
         .recipients
         .into_iter()
         .map(|row| {
             let waiting = matches!(row.state, OutboxState::Pending | OutboxState::InFlight);
             let peer_error = waiting
-                .then(|| state.peers.get(&row.recipient))
+                .then(|| drivers.get(&row.recipient))
                 .flatten()
                 .and_then(|peer| peer.health().last_error);
             v1::RecipientStatus {

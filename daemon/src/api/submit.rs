@@ -54,11 +54,10 @@ pub async fn submit(
     if request.ttl_seconds > MAX_TTL_SECONDS {
         return Err(SubmitError::TtlTooLong);
     }
-    if let Some(unknown) = request
-        .recipients
-        .iter()
-        .find(|r| !state.peers.contains_key(*r))
-    {
+    // Held until the drivers have the new rows, so a peer revoked meanwhile
+    // cannot be left with a row nobody delivers or fails.
+    let peers = state.peers.read().await;
+    if let Some(unknown) = request.recipients.iter().find(|r| !peers.contains_key(*r)) {
         return Err(SubmitError::UnknownRecipient(unknown.clone()));
     }
 
@@ -114,8 +113,8 @@ pub async fn submit(
             }
             let citizen = state.citizens.key(&cpr);
             for (item, seq) in recipients.into_iter().zip(outbox_seqs) {
-                if let Some(peer) = state.peers.get(&item.recipient) {
-                    peer.enqueue(
+                if let Some(peer) = peers.get(&item.recipient) {
+                    peer.driver.enqueue(
                         Pending {
                             seq,
                             citizen,

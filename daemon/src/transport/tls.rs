@@ -114,7 +114,23 @@ impl Identity {
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.certificate)
     }
+
+    /// When the certificate expires (Unix ms), if it can be read.
+    pub fn not_after_ms(&self) -> Option<Millis> {
+        certificate_not_after_ms(&self.certificate)
+    }
 }
+
+/// The end of a certificate's validity (Unix ms), if it parses.
+pub fn certificate_not_after_ms(certificate: &CertificateDer<'_>) -> Option<Millis> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    parsed.validity().not_after.timestamp().checked_mul(1000)
+}
+
+/// How long a generated certificate is valid. Peers pin it, so expiry is a
+/// reminder to rotate (`tvaers keys rotate-tls`), warned about 30 days
+/// ahead by `tvaers status`.
+pub const CERTIFICATE_VALIDITY_DAYS: i64 = 730;
 
 /// A freshly generated self-signed certificate, in PEM.
 #[derive(Debug)]
@@ -135,6 +151,16 @@ pub fn generate_certificate(org_id: &str) -> Result<GeneratedCertificate, TlsErr
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, format!("tvaers {org_id}"));
+    let today = jiff::Zoned::now()
+        .with_time_zone(jiff::tz::TimeZone::UTC)
+        .date();
+    let ymd = |date: jiff::civil::Date| {
+        rcgen::date_time_ymd(i32::from(date.year()), date.month() as u8, date.day() as u8)
+    };
+    params.not_before = ymd(today.yesterday().unwrap_or(today));
+    params.not_after = ymd(today
+        .checked_add(jiff::Span::new().days(CERTIFICATE_VALIDITY_DAYS))
+        .unwrap_or(today));
     let cert = params.self_signed(&key)?;
     Ok(GeneratedCertificate {
         certificate_pem: cert.pem(),
@@ -380,6 +406,13 @@ mod tests {
         assert_eq!(Fingerprint::parse(&text).unwrap(), generated.fingerprint);
         assert!(Fingerprint::parse("sha256:abcd").is_err());
         assert!(Fingerprint::parse(&text.replace("sha256:", "md5:")).is_err());
+
+        let der = CertificateDer::from_pem_slice(generated.certificate_pem.as_bytes()).unwrap();
+        let days_left = (certificate_not_after_ms(&der).unwrap() - now_ms()) / 86_400_000;
+        assert!(
+            (CERTIFICATE_VALIDITY_DAYS - 2..=CERTIFICATE_VALIDITY_DAYS).contains(&days_left),
+            "{days_left}"
+        );
     }
 
     #[test]

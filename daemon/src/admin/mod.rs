@@ -1,0 +1,103 @@
+//! The admin API: what the `tvaers` CLI asks a running daemon, on its own
+//! Unix socket with mode 0600 (only the account the daemon runs as, i.e. its
+//! operator, may manage trust; local systems use the 0660 local API).
+//!
+//! One file per concern: [`status`], [`reload`] (peers from the config file,
+//! applied without a restart), [`outbox`] (list, retry, cancel).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tvaers_proto::v1;
+use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
+
+use crate::config::Site;
+use crate::peers::PeerSet;
+use crate::store::Store;
+use crate::transport::tls::Fingerprint;
+use crate::{Millis, api};
+
+pub mod outbox;
+pub mod reload;
+pub mod status;
+
+/// What the admin calls use.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The config file, re-read by `ReloadPeers`.
+    pub config_path: PathBuf,
+    pub site: Site,
+    pub store: Arc<dyn Store>,
+    /// Where the store is, without credentials.
+    pub store_description: String,
+    pub peers: Arc<PeerSet>,
+    pub listen: std::net::SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub certificate_not_after_ms: Option<Millis>,
+    pub started_at_ms: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    state: Arc<AdminState>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AdminState>) -> AdminService {
+        AdminService { state }
+    }
+
+    pub fn into_server(self) -> AdminApiServer<AdminService> {
+        AdminApiServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl AdminApi for AdminService {
+    async fn status(
+        &self,
+        _: Request<v1::AdminStatusRequest>,
+    ) -> Result<Response<v1::AdminStatusResponse>, Status> {
+        status::status(&self.state).await.map(Response::new)
+    }
+
+    async fn reload_peers(
+        &self,
+        _: Request<v1::ReloadPeersRequest>,
+    ) -> Result<Response<v1::ReloadPeersResponse>, Status> {
+        reload::reload_peers(&self.state).await.map(Response::new)
+    }
+
+    async fn list_outbox(
+        &self,
+        request: Request<v1::ListOutboxRequest>,
+    ) -> Result<Response<v1::ListOutboxResponse>, Status> {
+        outbox::list(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn retry_outbox(
+        &self,
+        request: Request<v1::OutboxActionRequest>,
+    ) -> Result<Response<v1::OutboxActionResponse>, Status> {
+        outbox::retry(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn cancel_outbox(
+        &self,
+        request: Request<v1::OutboxActionRequest>,
+    ) -> Result<Response<v1::OutboxActionResponse>, Status> {
+        outbox::cancel(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Binds the admin socket with mode 0600.
+pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    api::bind_unix_with_mode(path, 0o600)
+}
