@@ -208,7 +208,7 @@ impl PeerSet {
         let (driver, task) = PeerDriver::spawn(
             PeerTarget {
                 org_id: peer.org_id.clone(),
-                address: peer.addresses[0],
+                addresses: peer.addresses.clone(),
             },
             self.context.settings.clone(),
             self.context.endpoint.clone(),

@@ -484,3 +484,73 @@ fn find_or_build_daemon() -> Result<PathBuf> {
     }
     Ok(binary)
 }
+
+/// The `tvaers` admin CLI binary of this build, built first if needed
+/// (like [`daemon_binary`]). `TVAERS_BIN` overrides the path.
+pub fn cli_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            find_or_build_binary("tvaers-cli", "tvaers", "TVAERS_BIN").map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// Finds or builds binary `bin` of workspace package `package` in the
+/// cargo target directory this executable runs from; `env_override` names
+/// a variable that points at a prebuilt binary instead.
+pub fn find_or_build_binary(package: &str, bin: &str, env_override: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_override) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.file_name().is_some_and(|n| n != "deps"))
+        .ok_or_else(|| {
+            anyhow!(
+                "cannot locate the cargo target directory from {}",
+                exe.display()
+            )
+        })?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.arg("--target-dir").arg(target_dir);
+    }
+    // As in `find_or_build_daemon`: per-crate cargo variables would make
+    // build scripts rebuild the dependency tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_crate = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+            "CARGO_TARGET_TMPDIR",
+        ];
+        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .with_context(|| format!("cannot run cargo to build {bin}"))?;
+    if !status.success() {
+        bail!("building {bin} failed ({status})");
+    }
+    let binary = profile_dir.join(bin);
+    if !binary.exists() {
+        bail!("{bin} was built but is not at {}", binary.display());
+    }
+    Ok(binary)
+}

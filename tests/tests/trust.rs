@@ -288,3 +288,35 @@ async fn cancel_gives_up_on_a_queued_notice_and_status_reports_it() {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_with_several_addresses_is_reached_on_the_one_that_answers() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    let live = sites.site(kommune).port;
+    let dead = tvaers_e2e::free_port().unwrap();
+    sites
+        .edit_config(psyk, |text| {
+            text.replace(
+                &format!("address = \"127.0.0.1:{live}\""),
+                &format!("addresses = [\"127.0.0.1:{dead}\", \"127.0.0.1:{live}\"]"),
+            )
+        })
+        .unwrap();
+    sites.start_all().await.unwrap();
+    let psychiatry = sites.client(psyk).await.unwrap();
+    let sent = psychiatry.submit(admission("a1", kommune)).await.unwrap();
+    let status = psychiatry
+        .wait_delivered(&sent.notice_id, WAIT)
+        .await
+        .unwrap();
+    assert!(status.all_delivered(), "{status:?}");
+    let inbox = sites
+        .client(kommune)
+        .await
+        .unwrap()
+        .list_inbox(0, 10)
+        .await
+        .unwrap();
+    assert_eq!(inbox.len(), 1);
+}

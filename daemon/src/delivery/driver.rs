@@ -50,11 +50,23 @@ pub struct PeerHealth {
     pub rtt: Option<Duration>,
 }
 
-/// Where one peer is and how to check it is the right one.
+/// Which peer, and where it listens. With several addresses (instances of
+/// one organisation) the driver dials them in turn: a failed dial or a lost
+/// connection moves on to the next, so a stopped instance is failed over.
 #[derive(Debug, Clone)]
 pub struct PeerTarget {
     pub org_id: String,
-    pub address: SocketAddr,
+    pub addresses: Vec<SocketAddr>,
+}
+
+impl PeerTarget {
+    /// The address for dial number `attempt` (round robin).
+    fn address(&self, attempt: usize) -> Option<SocketAddr> {
+        match self.addresses.len() {
+            0 => None,
+            n => Some(self.addresses[attempt % n]),
+        }
+    }
 }
 
 /// Settings shared by all peer drivers.
@@ -108,6 +120,7 @@ impl PeerDriver {
             envelopes: HashMap::new(),
             receipts: HashMap::new(),
             connection: None,
+            dials: 0,
             last_contact_ms: None,
             generation: 0,
             wake_at: None,
@@ -160,6 +173,8 @@ struct Task {
     envelopes: HashMap<i64, Arc<Vec<u8>>>,
     receipts: HashMap<i64, v1::Receipt>,
     connection: Option<(u64, quinn::Connection)>,
+    /// Failed dials and lost connections so far: picks the next address.
+    dials: usize,
     last_contact_ms: Option<Millis>,
     /// Tells a stale connection's close event from the current one's.
     generation: u64,
@@ -243,6 +258,7 @@ impl Task {
                 self.feed(Event::Connected);
             }
             Input::ConnectFailed(error) => {
+                self.dials = self.dials.wrapping_add(1);
                 tracing::warn!(peer = %self.target.org_id, %error, "cannot reach peer");
                 self.feed(Event::ConnectFailed { error });
             }
@@ -253,6 +269,7 @@ impl Task {
                     .is_some_and(|(g, _)| *g == generation)
                 {
                     self.connection = None;
+                    self.dials = self.dials.wrapping_add(1);
                     tracing::info!(peer = %self.target.org_id, %error, "connection to peer lost");
                     self.feed(Event::Disconnected { error });
                 }
@@ -349,19 +366,24 @@ impl Task {
         self.generation += 1;
         let generation = self.generation;
         let endpoint = self.endpoint.clone();
-        let target = self.target.clone();
+        let org_id = self.target.org_id.clone();
+        let Some(address) = self.target.address(self.dials) else {
+            let _ = self
+                .inputs
+                .send(Input::ConnectFailed("the peer has no address".into()));
+            return;
+        };
         let inputs = self.inputs.clone();
         // A QUIC dial to a dead address only gives up at the idle timeout;
         // the send timeout bounds it so the status says so sooner.
         let timeout = self.settings.send_timeout;
         tokio::spawn(async move {
-            let dial = endpoint.connect(target.address, &target.org_id);
+            let dial = endpoint.connect(address, &org_id);
             let input = match tokio::time::timeout(timeout, dial).await {
                 Ok(Ok(connection)) => Input::Connected(generation, connection),
                 Ok(Err(error)) => Input::ConnectFailed(error.to_string()),
                 Err(_) => Input::ConnectFailed(format!(
-                    "cannot reach {}: no answer within {timeout:?}",
-                    target.address
+                    "cannot reach {address}: no answer within {timeout:?}"
                 )),
             };
             let _ = inputs.send(input);
@@ -371,7 +393,7 @@ impl Task {
     fn watch_close(&self, generation: u64, connection: quinn::Connection) {
         let inputs = self.inputs.clone();
         let endpoint = self.endpoint.clone();
-        let address = self.target.address;
+        let address = connection.remote_address();
         tokio::spawn(async move {
             let error = connection.closed().await;
             let explained = endpoint.explain(address, &error).to_string();
@@ -391,7 +413,7 @@ impl Task {
         let connection = connection.clone();
         let envelope = envelope.clone();
         let endpoint = self.endpoint.clone();
-        let address = self.target.address;
+        let address = connection.remote_address();
         let timeout = self.settings.send_timeout;
         let limit = self.settings.max_frame_bytes;
         let inputs = self.inputs.clone();
@@ -655,7 +677,7 @@ mod tests {
         };
         let target = PeerTarget {
             org_id: "org-b".into(),
-            address: "127.0.0.1:9".parse().unwrap(),
+            addresses: vec!["127.0.0.1:9".parse().unwrap()],
         };
         let shutdown = CancellationToken::new();
         let (driver, task) = PeerDriver::spawn(target, settings, endpoint, store, shutdown.clone());
@@ -743,5 +765,22 @@ mod tests {
         assert_eq!(len, framed.len() - 4);
         let decoded = v1::PeerRequest::decode(&framed[4..]).unwrap();
         assert_eq!(decoded.body, Some(v1::peer_request::Body::Notice(envelope)));
+    }
+
+    #[test]
+    fn dials_the_addresses_of_a_peer_in_turn() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let target = PeerTarget {
+            org_id: "org".into(),
+            addresses: vec![a, b],
+        };
+        let picked: Vec<_> = (0..4).map(|n| target.address(n).unwrap()).collect();
+        assert_eq!(picked, [a, b, a, b]);
+        let none = PeerTarget {
+            org_id: "org".into(),
+            addresses: vec![],
+        };
+        assert_eq!(none.address(0), None);
     }
 }
