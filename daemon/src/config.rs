@@ -41,7 +41,29 @@ pub enum Sector {
     GeneralPractice,
 }
 
+/// Every notice kind, as `Notice::kind_name` spells it.
+pub const NOTICE_KINDS: [&str; 5] = [
+    "admission",
+    "discharge",
+    "no_show",
+    "plan_change",
+    "correction",
+];
+
 impl Sector {
+    /// The notice kinds an organisation of this sector may send us unless
+    /// its `[[peers]]` entry says otherwise: only a hospital admits and
+    /// discharges; everyone reports no-shows and plan changes and corrects
+    /// what it sent.
+    pub fn default_may_send(self) -> &'static [&'static str] {
+        match self {
+            Sector::Psychiatry => &NOTICE_KINDS,
+            Sector::Municipality | Sector::GeneralPractice => {
+                &["no_show", "plan_change", "correction"]
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Sector::Municipality => "municipality",
@@ -138,6 +160,8 @@ pub struct DeliveryConfig {
     pub backoff_initial_ms: i64,
     pub backoff_max_ms: i64,
     pub send_timeout_ms: u64,
+    /// A notice created further in the future than this is refused.
+    pub max_clock_skew_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +180,10 @@ pub struct Peer {
     pub signing_key: Option<PublicKey>,
     /// Set by `tvaers peer revoke`: no connection in either direction.
     pub revoked_at_ms: Option<Millis>,
+    /// Notice kinds this peer may send us (`Notice::kind_name` spelling):
+    /// `may_send` in the file, else its sector's default, else (no sector
+    /// known) the kinds every sector may send.
+    pub may_send: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +287,8 @@ struct FileDelivery {
     backoff_max_seconds: i64,
     #[serde(default = "default_send_timeout_ms")]
     send_timeout_ms: u64,
+    #[serde(default = "default_max_clock_skew_seconds")]
+    max_clock_skew_seconds: u32,
 }
 
 impl Default for FileDelivery {
@@ -269,6 +299,7 @@ impl Default for FileDelivery {
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_seconds: default_backoff_max_seconds(),
             send_timeout_ms: default_send_timeout_ms(),
+            max_clock_skew_seconds: default_max_clock_skew_seconds(),
         }
     }
 }
@@ -287,6 +318,7 @@ struct FilePeer {
     previous_fingerprint_until: Option<String>,
     signing_key: Option<String>,
     revoked_at: Option<String>,
+    may_send: Option<Vec<String>>,
     /// When `tvaers peer add` added it; informational.
     #[allow(dead_code)]
     added_at: Option<String>,
@@ -330,6 +362,9 @@ fn default_backoff_max_seconds() -> i64 {
 }
 fn default_send_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_clock_skew_seconds() -> u32 {
+    300
 }
 
 impl Config {
@@ -546,6 +581,31 @@ impl Config {
                 .as_deref()
                 .map(|text| time("revoked_at", text))
                 .transpose()?;
+            let may_send = match &p.may_send {
+                Some(kinds) => kinds
+                    .iter()
+                    .map(|kind| {
+                        let kind = kind.replace('-', "_");
+                        if NOTICE_KINDS.contains(&kind.as_str()) {
+                            Ok(kind)
+                        } else {
+                            Err(invalid(
+                                &key("may_send"),
+                                format!(
+                                    "unknown notice kind {kind:?}: use admission, discharge, no-show, plan-change or correction"
+                                ),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => p
+                    .sector
+                    .unwrap_or(Sector::Municipality)
+                    .default_may_send()
+                    .iter()
+                    .map(|kind| (*kind).to_owned())
+                    .collect(),
+            };
             peers.push(Peer {
                 org_id: p.org_id.clone(),
                 name: p.name.clone(),
@@ -555,6 +615,7 @@ impl Config {
                 previous_fingerprint,
                 signing_key,
                 revoked_at_ms,
+                may_send,
             });
         }
 
@@ -588,6 +649,7 @@ impl Config {
                 backoff_initial_ms: d.backoff_initial_ms,
                 backoff_max_ms: d.backoff_max_seconds * 1000,
                 send_timeout_ms: d.send_timeout_ms,
+                max_clock_skew_ms: i64::from(d.max_clock_skew_seconds) * 1000,
             },
             metrics: MetricsConfig {
                 listen: metrics_listen,
@@ -777,6 +839,29 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
             let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
             assert!(err.to_string().contains("store.url"), "{err}");
         }
+    }
+
+    #[test]
+    fn notice_kinds_a_peer_may_send_default_by_sector() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        // No sector given: only what every sector may send.
+        assert_eq!(c.peers[0].may_send, ["no_show", "plan_change", "correction"]);
+        let psychiatry = GOOD.replace(
+            "name = \"Psykiatrien Region Sjælland\"",
+            "name = \"Psykiatrien Region Sjælland\"\nsector = \"psychiatry\"",
+        );
+        let c = Config::parse(Path::new("x.toml"), &psychiatry).unwrap();
+        assert_eq!(c.peers[0].may_send, NOTICE_KINDS);
+        let narrowed = psychiatry.replace(
+            "sector = \"psychiatry\"",
+            "sector = \"psychiatry\"\nmay_send = [\"discharge\", \"no-show\"]",
+        );
+        let c = Config::parse(Path::new("x.toml"), &narrowed).unwrap();
+        assert_eq!(c.peers[0].may_send, ["discharge", "no_show"]);
+        let bad = narrowed.replace("\"no-show\"", "\"gossip\"");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("peers[0].may_send"), "{err}");
+        assert_eq!(c.delivery.max_clock_skew_ms, 300_000);
     }
 
     #[test]

@@ -168,6 +168,8 @@ pub async fn run(
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
+        peers: peers.clone(),
+        max_clock_skew_ms: config.delivery.max_clock_skew_ms,
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
         newest_cursor,

@@ -77,6 +77,9 @@ pub struct PeerSet {
     /// Every configured peer, revoked ones included, as last applied.
     configured: RwLock<Vec<Peer>>,
     running: RwLock<HashMap<String, RunningPeer>>,
+    /// Notice kinds each active peer may send us; read on every incoming
+    /// notice, so a plain lock held for a lookup only.
+    may_send: std::sync::RwLock<HashMap<String, Vec<String>>>,
 }
 
 impl PeerSet {
@@ -86,6 +89,7 @@ impl PeerSet {
             context,
             configured: RwLock::new(Vec::new()),
             running: RwLock::new(HashMap::new()),
+            may_send: std::sync::RwLock::default(),
         };
         set.apply_changes(peers, true).await?;
         Ok(set)
@@ -95,6 +99,15 @@ impl PeerSet {
     /// checking a recipient until its driver has the new row.
     pub async fn read(&self) -> RwLockReadGuard<'_, HashMap<String, RunningPeer>> {
         self.running.read().await
+    }
+
+    /// Whether `peer` may send us notices of `kind` (`Notice::kind_name`).
+    pub fn may_send(&self, peer: &str, kind: &str) -> bool {
+        self.may_send
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
     }
 
     /// Every configured peer (revoked ones too), as last applied.
@@ -128,6 +141,11 @@ impl PeerSet {
 
         // Unpin first: from here on a revoked peer cannot connect.
         self.context.endpoint.trust().replace(pins(&peers));
+        *self.may_send.write().unwrap_or_else(|p| p.into_inner()) = peers
+            .iter()
+            .filter(|p| !p.is_revoked())
+            .map(|p| (p.org_id.clone(), p.may_send.clone()))
+            .collect();
 
         let wanted: HashMap<&str, &Peer> = peers
             .iter()

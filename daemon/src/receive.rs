@@ -20,6 +20,7 @@ use tvaers_proto::v1;
 use crate::batch::GroupCommit;
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::peers::PeerSet;
 use crate::store::{AcceptOutcome, IncomingNotice};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
@@ -34,12 +35,17 @@ pub mod reason {
     pub const EXPIRED: &str = "EXPIRED";
     pub const UNKNOWN_PEER: &str = "UNKNOWN_PEER";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    pub const KIND_NOT_ALLOWED: &str = "KIND_NOT_ALLOWED";
+    pub const CLOCK_SKEW: &str = "CLOCK_SKEW";
 }
 
 /// Everything a receiving stream needs. Shared by all connections.
 #[derive(Debug)]
 pub struct Receiver {
     pub org_id: String,
+    /// Who may send which kinds.
+    pub peers: Arc<PeerSet>,
+    pub max_clock_skew_ms: i64,
     pub max_frame_bytes: u32,
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
     /// The highest inbox cursor stored, for waking inbox streams.
@@ -211,7 +217,26 @@ impl Receiver {
         if let Err(error) = tvaers_proto::validate::envelope(&envelope) {
             return reject(reason::INVALID_FIELD, error.to_string());
         }
+        if !self.peers.may_send(peer, kind) {
+            return reject(
+                reason::KIND_NOT_ALLOWED,
+                format!(
+                    "{peer} may not send {kind} notices to {}: its operator can allow it with `may_send` in the [[peers]] entry",
+                    self.org_id
+                ),
+            );
+        }
         let now = now_ms();
+        if envelope.created_at_ms > now + self.max_clock_skew_ms {
+            return reject(
+                reason::CLOCK_SKEW,
+                format!(
+                    "the notice was created {} s in the future, more than the allowed {} s: check the sender's clock (NTP)",
+                    (envelope.created_at_ms - now) / 1000,
+                    self.max_clock_skew_ms / 1000
+                ),
+            );
+        }
         if envelope.expires_at_ms <= now {
             return reject(
                 reason::EXPIRED,

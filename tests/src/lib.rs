@@ -353,11 +353,13 @@ send_timeout_ms = 2000
 [[peers]]
 org_id = "{org}"
 name = "{name}"
+sector = "{sector}"
 address = "127.0.0.1:{port}"
 fingerprint = "{fingerprint}"
 "#,
             org = peer.spec.org_id,
             name = peer.spec.name,
+            sector = peer.spec.sector,
             port = peer.port,
             fingerprint = peer.fingerprint,
         ));

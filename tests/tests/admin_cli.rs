@@ -441,5 +441,203 @@ fn tampered_cards_and_changed_keys_are_refused() {
     assert_ne!(replaced_key, genuine_key);
     // Exactly one entry for the organisation.
     let text = std::fs::read_to_string(&kommune.config).unwrap();
-    assert_eq!(text.matches("[[peers]]").count(), 1, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("[[peers]]")).count(),
+        1,
+        "{text}"
+    );
+}
+
+/// `tvaers send admission` with every required field.
+fn send_admission(from: &Site, to: &Site, wait: &str) -> Run {
+    tvaers(
+        Some(&from.config),
+        &[
+            "--json",
+            "send",
+            "admission",
+            "--to",
+            &to.org_id,
+            "--cpr",
+            CPR,
+            "--hospital",
+            "6630011",
+            "--hospital-name",
+            "Psykiatrisk Sygehus Slagelse",
+            "--ward",
+            "6630011-S2",
+            "--ward-name",
+            "Afsnit S2",
+            "--urgency",
+            "planned",
+            "--legal-basis",
+            "voluntary",
+            "--contact-name",
+            "Mette Kjær Jensen",
+            "--contact-phone",
+            "+45 58 55 91 20",
+            "--wait",
+            wait,
+        ],
+    )
+}
+
+/// `tvaers send no-show`: what a municipality may send a hospital.
+fn send_no_show(from: &Site, to: &Site, wait: &str) -> Run {
+    tvaers(
+        Some(&from.config),
+        &[
+            "--json",
+            "send",
+            "no-show",
+            "--to",
+            &to.org_id,
+            "--cpr",
+            CPR,
+            "--appointment-id",
+            "BOST-2026-117",
+            "--scheduled-at",
+            "2026-11-20T09:00:00Z",
+            "--unit",
+            "VK-BOSTOETTE",
+            "--kind",
+            "did-not-attend",
+            "--outreach",
+            "--contact-name",
+            "Lene Kristiansen",
+            "--contact-phone",
+            "+45 58 57 36 00",
+            "--wait",
+            wait,
+        ],
+    )
+}
+
+fn delivered(run: Run, what: &str, logs: &[&Daemon]) -> String {
+    assert!(
+        run.code == 0 && run.stdout.contains("\"delivered\": true"),
+        "{what}: not delivered:\n{}\n{}\nlogs:\n{}",
+        run.stdout,
+        run.stderr,
+        logs.iter()
+            .map(|d| d.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    json_str(&run.stdout, "notice_id").unwrap()
+}
+
+#[test]
+fn running_daemons_take_new_peers_a_tls_rotation_and_a_revocation() {
+    let root = tempfile::Builder::new()
+        .prefix("tvaers-cli-")
+        .tempdir()
+        .unwrap();
+    let kommune = init(root.path(), "kommune", "5790000000005", "municipality");
+    let psyk = init(root.path(), "psykiatri", "265161000016006", "psychiatry");
+    let kommune_card = export(&kommune);
+    let psyk_card = export(&psyk);
+
+    // Both daemons run with no peers; adding them needs no restart.
+    let kommune_daemon = Daemon::start(&kommune);
+    let mut psyk_daemon = Daemon::start(&psyk);
+    for (site, card) in [(&kommune, &psyk_card), (&psyk, &kommune_card)] {
+        let added = tvaers(
+            Some(&site.config),
+            &["--json", "peer", "add", card.to_str().unwrap(), "--yes"],
+        )
+        .ok("peer add");
+        assert!(
+            added.stdout.contains("\"applied\": true"),
+            "{}",
+            added.stdout
+        );
+    }
+    delivered(
+        send_admission(&psyk, &kommune, "20"),
+        "after peer add",
+        &[&kommune_daemon, &psyk_daemon],
+    );
+
+    // Phase 1 of a TLS rotation: a new card; psychiatry still presents the
+    // old certificate, which the municipality keeps accepting.
+    let new_card = root.path().join("psyk-rotated.card.toml");
+    tvaers(
+        Some(&psyk.config),
+        &[
+            "keys",
+            "rotate-tls",
+            "--overlap-days",
+            "2",
+            "--out",
+            new_card.to_str().unwrap(),
+        ],
+    )
+    .ok("keys rotate-tls");
+    let rotated = tvaers(
+        Some(&kommune.config),
+        &["--json", "peer", "add", new_card.to_str().unwrap(), "--yes"],
+    )
+    .ok("peer add (rotation)");
+    assert!(
+        rotated.stdout.contains("\"change\": \"rotation\""),
+        "{}",
+        rotated.stdout
+    );
+    assert!(
+        rotated.stdout.contains("\"applied\": true"),
+        "{}",
+        rotated.stdout
+    );
+    delivered(
+        send_no_show(&kommune, &psyk, "20"),
+        "during the overlap, old certificate",
+        &[&kommune_daemon, &psyk_daemon],
+    );
+
+    // Phase 2: switch and restart; traffic flows on the new certificate.
+    tvaers(Some(&psyk.config), &["keys", "activate-tls"]).ok("keys activate-tls");
+    drop(psyk_daemon);
+    psyk_daemon = Daemon::start(&psyk);
+    let shown = tvaers(Some(&psyk.config), &["--json", "keys", "show"]).ok("keys show");
+    let new_fp = json_str(&shown.stdout, "tls_fingerprint").unwrap();
+    assert!(
+        std::fs::read_to_string(&new_card)
+            .unwrap()
+            .contains(&new_fp),
+        "the rotated card names {new_fp}"
+    );
+    delivered(
+        send_no_show(&kommune, &psyk, "20"),
+        "after activation, to the rotated site",
+        &[&kommune_daemon, &psyk_daemon],
+    );
+    delivered(
+        send_admission(&psyk, &kommune, "20"),
+        "after activation, from the rotated site",
+        &[&kommune_daemon, &psyk_daemon],
+    );
+
+    // Revocation: the municipality stops taking psychiatry's notices.
+    let revoked = tvaers(
+        Some(&kommune.config),
+        &["--json", "peer", "revoke", &psyk.org_id],
+    )
+    .ok("peer revoke");
+    assert!(
+        revoked.stdout.contains("\"applied\": true"),
+        "{}",
+        revoked.stdout
+    );
+    let blocked = send_admission(&psyk, &kommune, "3");
+    assert_ne!(blocked.code, 0, "{}", blocked.stdout);
+    if let Some(id) = json_str(&blocked.stdout, "notice_id") {
+        let inbox = tvaers(Some(&kommune.config), &["--json", "inbox", "list"]).ok("inbox list");
+        assert!(
+            !inbox.stdout.contains(&id),
+            "a revoked peer's notice arrived"
+        );
+    }
+    let list = tvaers(Some(&kommune.config), &["peer", "list"]).ok("peer list");
+    assert!(list.stdout.contains("revoked"), "{}", list.stdout);
 }

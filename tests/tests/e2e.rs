@@ -546,6 +546,7 @@ fn envelope(sender: &str, recipient: &str, notice: v1::Notice) -> v1::Envelope {
 async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY, GENERAL_PRACTICE]).unwrap();
     sites.start(MUNICIPALITY.org_id).await.unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
     let (kommune, psyk, gp) = (
         MUNICIPALITY.org_id,
         PSYCHIATRY.org_id,
@@ -596,6 +597,35 @@ async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
         .await;
     assert_eq!(wrong_recipient.reason_code, "WRONG_RECIPIENT");
 
+    // Created ten minutes ahead of the receiver's clock: beyond the skew.
+    let mut future = envelope(psyk, kommune, sample::admission(CPR_A));
+    future.created_at_ms += 600_000;
+    future.expires_at_ms += 600_000;
+    let receipt = peer.send_envelope(future).await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "CLOCK_SKEW")
+    );
+
+    // A municipality may not announce a psychiatric admission.
+    let from_kommune = RawPeer::connect(&sites, kommune, psyk).await;
+    let receipt = from_kommune
+        .send_envelope(envelope(kommune, psyk, sample::admission(CPR_A)))
+        .await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "KIND_NOT_ALLOWED")
+    );
+    assert!(
+        receipt.reason_text.contains("may_send"),
+        "{}",
+        receipt.reason_text
+    );
+    let allowed = from_kommune
+        .send_envelope(envelope(kommune, psyk, sample::no_show(CPR_A)))
+        .await;
+    assert_eq!(allowed.outcome, v1::ReceiptOutcome::Accepted as i32);
+
     // The same connection still works, and a resent notice is stored once.
     let valid = envelope(psyk, kommune, sample::admission(CPR_A));
     let first = peer.send_envelope(valid.clone()).await;
@@ -617,9 +647,16 @@ async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
         valid.encode_to_vec()
     );
     let log = sites.log(kommune);
-    for code in ["SENDER_MISMATCH", "TOO_LARGE", "MALFORMED", "INVALID_FIELD"] {
+    for code in [
+        "SENDER_MISMATCH",
+        "TOO_LARGE",
+        "MALFORMED",
+        "INVALID_FIELD",
+        "CLOCK_SKEW",
+    ] {
         assert!(log.contains(code), "{code} is logged");
     }
+    assert!(sites.log(psyk).contains("KIND_NOT_ALLOWED"));
     assert_no_cpr_in_logs(&sites, &[CPR_A, "3102814321"]);
 }
 
