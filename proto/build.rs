@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // The derived Debug would print the CPR number and health details;
         // lib.rs implements a redacting one instead.
-        .skip_debug(["tvaers.v1.Notice"])
+        .skip_debug([
+            "tvaers.v1.Notice",
+            "tvaers.v1.SignedEnvelope",
+            "tvaers.v1.SignedReceipt",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -845,7 +845,10 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
     fn notice_kinds_a_peer_may_send_default_by_sector() {
         let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
         // No sector given: only what every sector may send.
-        assert_eq!(c.peers[0].may_send, ["no_show", "plan_change", "correction"]);
+        assert_eq!(
+            c.peers[0].may_send,
+            ["no_show", "plan_change", "correction"]
+        );
         let psychiatry = GOOD.replace(
             "name = \"Psykiatrien Region Sjælland\"",
             "name = \"Psykiatrien Region Sjælland\"\nsector = \"psychiatry\"",

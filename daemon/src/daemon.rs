@@ -27,6 +27,7 @@ use crate::delivery::machine::MachineConfig;
 use crate::metrics::{self, Metrics};
 use crate::peers::{DriverContext, PeerSet};
 use crate::receive::Receiver;
+use crate::signing::{SigningError, SigningKey};
 use crate::store::postgres::{PostgresStore, describe_url};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -44,6 +45,12 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error(
+        "site.signing_key is not set: every notice is signed; create a key with `tvaersd generate-keys` (or `tvaers init`) and name it in [site]"
+    )]
+    NoSigningKey,
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -103,6 +110,10 @@ pub async fn run(
     let started_at_ms = crate::now_ms();
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
     let certificate_not_after_ms = identity.not_after_ms();
+    let signing_key = Arc::new(match &config.site.signing_key {
+        Some(path) => SigningKey::load(path)?,
+        None => return Err(DaemonError::NoSigningKey),
+    });
     // PeerSet::start pins the configured peers.
     let trust = TrustStore::default();
     let endpoint = Endpoint::bind(
@@ -168,6 +179,7 @@ pub async fn run(
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
+        signing_key: signing_key.clone(),
         peers: peers.clone(),
         max_clock_skew_ms: config.delivery.max_clock_skew_ms,
         max_frame_bytes: config.transport.max_frame_bytes,
@@ -198,6 +210,7 @@ pub async fn run(
     };
     let state = Arc::new(ApiState {
         org_id: config.site.org_id.clone(),
+        signing_key,
         store: store.clone(),
         submits,
         peers: peers.clone(),

@@ -20,17 +20,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use prost::Message;
 use tokio::sync::{RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
 use tvaers_proto::cpr::Cpr;
-use tvaers_proto::v1;
 
 use crate::config::Peer;
 use crate::delivery::CitizenKeys;
 use crate::delivery::driver::{DriverSettings, PeerDriver, PeerTarget};
 use crate::delivery::machine::Pending;
 use crate::now_ms;
+use crate::signing::PublicKey;
 use crate::store::{OutboxItem, OutboxUpdate, Store, StoreError};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::tls::Pin;
@@ -39,6 +38,12 @@ use crate::transport::tls::Pin;
 pub const REVOKED_REASON: &str = "peer revoked";
 /// Failure reason of open outbox rows of a peer removed from the config.
 pub const REMOVED_REASON: &str = "peer removed";
+
+#[derive(Debug, Clone)]
+struct Policy {
+    may_send: Vec<String>,
+    signing_key: Option<PublicKey>,
+}
 
 /// One active peer: its configuration and its driver.
 #[derive(Debug)]
@@ -77,9 +82,9 @@ pub struct PeerSet {
     /// Every configured peer, revoked ones included, as last applied.
     configured: RwLock<Vec<Peer>>,
     running: RwLock<HashMap<String, RunningPeer>>,
-    /// Notice kinds each active peer may send us; read on every incoming
-    /// notice, so a plain lock held for a lookup only.
-    may_send: std::sync::RwLock<HashMap<String, Vec<String>>>,
+    /// What each active peer may send us and the key it signs with; read
+    /// on every incoming notice, so a plain lock held for a lookup only.
+    policies: std::sync::RwLock<HashMap<String, Policy>>,
 }
 
 impl PeerSet {
@@ -89,7 +94,7 @@ impl PeerSet {
             context,
             configured: RwLock::new(Vec::new()),
             running: RwLock::new(HashMap::new()),
-            may_send: std::sync::RwLock::default(),
+            policies: std::sync::RwLock::default(),
         };
         set.apply_changes(peers, true).await?;
         Ok(set)
@@ -103,11 +108,20 @@ impl PeerSet {
 
     /// Whether `peer` may send us notices of `kind` (`Notice::kind_name`).
     pub fn may_send(&self, peer: &str, kind: &str) -> bool {
-        self.may_send
+        self.policies
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(peer)
-            .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+            .is_some_and(|policy| policy.may_send.iter().any(|k| k == kind))
+    }
+
+    /// The key `peer` signs its notices with, if one is pinned.
+    pub fn signing_key(&self, peer: &str) -> Option<PublicKey> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .and_then(|policy| policy.signing_key)
     }
 
     /// Every configured peer (revoked ones too), as last applied.
@@ -141,10 +155,16 @@ impl PeerSet {
 
         // Unpin first: from here on a revoked peer cannot connect.
         self.context.endpoint.trust().replace(pins(&peers));
-        *self.may_send.write().unwrap_or_else(|p| p.into_inner()) = peers
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = peers
             .iter()
             .filter(|p| !p.is_revoked())
-            .map(|p| (p.org_id.clone(), p.may_send.clone()))
+            .map(|p| {
+                let policy = Policy {
+                    may_send: p.may_send.clone(),
+                    signing_key: p.signing_key,
+                };
+                (p.org_id.clone(), policy)
+            })
             .collect();
 
         let wanted: HashMap<&str, &Peer> = peers
@@ -227,6 +247,7 @@ impl PeerSet {
             PeerTarget {
                 org_id: peer.org_id.clone(),
                 addresses: peer.addresses.clone(),
+                signing_key: peer.signing_key,
             },
             self.context.settings.clone(),
             self.context.endpoint.clone(),
@@ -272,8 +293,7 @@ impl PeerSet {
         for row in rows {
             // Order is per citizen; a row whose CPR does not parse (it was
             // checked at submit, so only a damaged row) is ordered on its own.
-            let citizen = v1::Envelope::decode(row.envelope.as_slice())
-                .ok()
+            let citizen = tvaers_proto::open_envelope(&row.envelope)
                 .and_then(|e| e.notice)
                 .and_then(|n| Cpr::parse(&n.citizen_cpr).ok())
                 .map_or(row.seq as u64, |cpr| self.context.citizens.key(&cpr));

@@ -21,6 +21,7 @@ use crate::batch::GroupCommit;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::peers::PeerSet;
+use crate::signing::{OpenError, SigningKey};
 use crate::store::{AcceptOutcome, IncomingNotice};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
@@ -37,6 +38,9 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const KIND_NOT_ALLOWED: &str = "KIND_NOT_ALLOWED";
     pub const CLOCK_SKEW: &str = "CLOCK_SKEW";
+    pub const SIGNATURE_MISSING: &str = "SIGNATURE_MISSING";
+    pub const UNKNOWN_SIGNING_KEY: &str = "UNKNOWN_SIGNING_KEY";
+    pub const BAD_SIGNATURE: &str = "BAD_SIGNATURE";
 }
 
 /// Everything a receiving stream needs. Shared by all connections.
@@ -46,6 +50,8 @@ pub struct Receiver {
     /// Who may send which kinds.
     pub peers: Arc<PeerSet>,
     pub max_clock_skew_ms: i64,
+    /// Signs every receipt.
+    pub signing_key: Arc<SigningKey>,
     pub max_frame_bytes: u32,
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
     /// The highest inbox cursor stored, for waking inbox streams.
@@ -142,22 +148,22 @@ impl Receiver {
                 tracing::warn!(%peer, announced, limit, reason = reason::TOO_LARGE, "rejected an oversized frame");
                 self.metrics.inbox_rejected(peer, reason::TOO_LARGE);
                 let _ = recv.stop(quinn::VarInt::from_u32(2));
-                rejection(
+                self.signing_key.sign_receipt(&rejection(
                     &self.org_id,
                     "",
                     reason::TOO_LARGE,
                     format!("frame of {announced} bytes exceeds the limit of {limit} bytes"),
-                )
+                ))
             }
             Err(FrameError::Malformed(error)) => {
                 tracing::warn!(%peer, %error, reason = reason::MALFORMED, "rejected a malformed frame");
                 self.metrics.inbox_rejected(peer, reason::MALFORMED);
-                rejection(
+                self.signing_key.sign_receipt(&rejection(
                     &self.org_id,
                     "",
                     reason::MALFORMED,
                     format!("frame is not a valid PeerRequest: {error}"),
-                )
+                ))
             }
             Err(error) => {
                 tracing::debug!(%peer, %error, "stream ended before a request arrived");
@@ -165,7 +171,7 @@ impl Receiver {
             }
         };
         let response = v1::PeerResponse {
-            body: Some(v1::peer_response::Body::Receipt(receipt)),
+            body: Some(v1::peer_response::Body::SignedReceipt(receipt)),
         };
         if let Err(error) = frame::write_message(&mut send, &response).await {
             tracing::debug!(%peer, %error, "could not send the receipt; the sender will retry");
@@ -176,26 +182,84 @@ impl Receiver {
         let _ = send.stopped().await;
     }
 
-    async fn handle_request(&self, peer: &str, request: v1::PeerRequest) -> v1::Receipt {
-        let Some(v1::peer_request::Body::Notice(envelope)) = request.body else {
-            self.metrics.inbox_rejected(peer, reason::MALFORMED);
-            return rejection(
-                &self.org_id,
+    /// Logs, counts and signs a permanent rejection.
+    fn refuse(
+        &self,
+        peer: &str,
+        notice_id: &str,
+        kind: &str,
+        code: &'static str,
+        text: String,
+    ) -> v1::SignedReceipt {
+        tracing::warn!(%peer, %notice_id, kind, reason = code, detail = %text, "rejected a notice");
+        self.metrics.inbox_rejected(peer, code);
+        self.signing_key
+            .sign_receipt(&rejection(&self.org_id, notice_id, code, text))
+    }
+
+    async fn handle_request(&self, peer: &str, request: v1::PeerRequest) -> v1::SignedReceipt {
+        let signed = match request.body {
+            Some(v1::peer_request::Body::SignedNotice(signed)) => signed,
+            Some(v1::peer_request::Body::Notice(_)) => {
+                return self.refuse(
+                    peer,
+                    "",
+                    "none",
+                    reason::SIGNATURE_MISSING,
+                    "the notice is not signed: every envelope must be signed by its sender".into(),
+                );
+            }
+            None => {
+                return self.refuse(
+                    peer,
+                    "",
+                    "none",
+                    reason::MALFORMED,
+                    "request carries no notice".into(),
+                );
+            }
+        };
+        // Nothing is decoded, let alone stored, before the signature holds.
+        let Some(key) = self.peers.signing_key(peer) else {
+            return self.refuse(
+                peer,
                 "",
-                reason::MALFORMED,
-                "request carries no notice".into(),
+                "none",
+                reason::UNKNOWN_SIGNING_KEY,
+                format!(
+                    "{} has no signing key pinned for {peer}: its operator must add {peer}'s card (`tvaers peer add`)",
+                    self.org_id
+                ),
             );
+        };
+        let envelope = match key.open_envelope(&signed) {
+            Ok(envelope) => envelope,
+            Err(OpenError::BadSignature) => {
+                return self.refuse(
+                    peer,
+                    "",
+                    "none",
+                    reason::BAD_SIGNATURE,
+                    format!("the envelope's signature does not match {peer}'s pinned key {key}"),
+                );
+            }
+            Err(OpenError::Malformed) => {
+                return self.refuse(
+                    peer,
+                    "",
+                    "none",
+                    reason::MALFORMED,
+                    "the signed bytes are not an Envelope".into(),
+                );
+            }
         };
         let notice_id = envelope.notice_id.clone();
         let kind = envelope
             .notice
             .as_ref()
             .map_or("none", v1::Notice::kind_name);
-        let reject = |code: &'static str, text: String| {
-            tracing::warn!(%peer, %notice_id, kind, reason = code, detail = %text, "rejected a notice");
-            self.metrics.inbox_rejected(peer, code);
-            rejection(&self.org_id, &notice_id, code, text)
-        };
+        let reject =
+            |code: &'static str, text: String| self.refuse(peer, &notice_id, kind, code, text);
         if envelope.sender != peer {
             return reject(
                 reason::SENDER_MISMATCH,
@@ -251,10 +315,13 @@ impl Receiver {
             received_at_ms: now,
             ..Default::default()
         };
+        let accepted = self.signing_key.sign_receipt(&accepted);
         let incoming = IncomingNotice {
             sender: peer.to_owned(),
             notice_id: notice_id.clone(),
-            envelope: envelope.encode_to_vec(),
+            // As received: the signed bytes and the signature, kept as
+            // evidence of what the sender sent.
+            envelope: signed.encode_to_vec(),
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
         };
@@ -269,20 +336,20 @@ impl Receiver {
                 } else {
                     self.metrics.inbox_duplicate(peer);
                     tracing::info!(%peer, %notice_id, kind, "notice received again; answered with the stored receipt");
-                    v1::Receipt::decode(outcome.receipt.as_slice()).unwrap_or(accepted)
+                    v1::SignedReceipt::decode(outcome.receipt.as_slice()).unwrap_or(accepted)
                 }
             }
             Err(error) => {
                 tracing::error!(%peer, %notice_id, %error, "could not store an incoming notice");
                 self.metrics.inbox_rejected(peer, reason::STORE_UNAVAILABLE);
-                v1::Receipt {
+                self.signing_key.sign_receipt(&v1::Receipt {
                     notice_id,
                     outcome: v1::ReceiptOutcome::RejectedTransient as i32,
                     reason_code: reason::STORE_UNAVAILABLE.into(),
                     reason_text: "the receiver could not store the notice; retry later".into(),
                     receiver: self.org_id.clone(),
                     received_at_ms: now,
-                }
+                })
             }
         }
     }

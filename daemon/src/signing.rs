@@ -13,7 +13,18 @@
 use std::fmt;
 use std::path::Path;
 
+use prost::Message;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
+use tvaers_proto::v1;
+
+/// Why a signed message was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("the signature does not match the signer's key")]
+    BadSignature,
+    #[error("the signed bytes do not decode")]
+    Malformed,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
@@ -78,6 +89,25 @@ impl SigningKey {
         out.copy_from_slice(self.pair.sign(message).as_ref());
         out
     }
+
+    /// Encodes and signs an envelope: the stored and transmitted form.
+    pub fn seal_envelope(&self, envelope: &v1::Envelope) -> Vec<u8> {
+        let bytes = envelope.encode_to_vec();
+        v1::SignedEnvelope {
+            signature: self.sign(&bytes).to_vec(),
+            envelope: bytes,
+        }
+        .encode_to_vec()
+    }
+
+    /// Encodes and signs a receipt.
+    pub fn sign_receipt(&self, receipt: &v1::Receipt) -> v1::SignedReceipt {
+        let bytes = receipt.encode_to_vec();
+        v1::SignedReceipt {
+            signature: self.sign(&bytes).to_vec(),
+            receipt: bytes,
+        }
+    }
 }
 
 /// A peer's Ed25519 public key.
@@ -99,6 +129,20 @@ impl PublicKey {
         signature::UnparsedPublicKey::new(&signature::ED25519, &self.0)
             .verify(message, signature_bytes)
             .map_err(|_| SigningError::BadSignature(*self))
+    }
+
+    /// Checks a signed envelope and returns it decoded.
+    pub fn open_envelope(&self, signed: &v1::SignedEnvelope) -> Result<v1::Envelope, OpenError> {
+        self.verify(&signed.envelope, &signed.signature)
+            .map_err(|_| OpenError::BadSignature)?;
+        v1::Envelope::decode(signed.envelope.as_slice()).map_err(|_| OpenError::Malformed)
+    }
+
+    /// Checks a signed receipt and returns it decoded.
+    pub fn open_receipt(&self, signed: &v1::SignedReceipt) -> Result<v1::Receipt, OpenError> {
+        self.verify(&signed.receipt, &signed.signature)
+            .map_err(|_| OpenError::BadSignature)?;
+        v1::Receipt::decode(signed.receipt.as_slice()).map_err(|_| OpenError::Malformed)
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {

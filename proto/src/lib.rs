@@ -9,6 +9,8 @@
 pub mod cpr;
 pub mod validate;
 
+use prost::Message;
+
 /// Generated types of package `tvaers.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
@@ -25,6 +27,43 @@ impl std::fmt::Debug for v1::Notice {
             .field("kind", &self.kind_name())
             .finish_non_exhaustive()
     }
+}
+
+impl std::fmt::Debug for v1::SignedEnvelope {
+    /// The envelope's bytes hold the notice (CPR, health details): only
+    /// sizes are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedEnvelope")
+            .field("envelope_bytes", &self.envelope.len())
+            .field("signature_bytes", &self.signature.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::SignedReceipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedReceipt")
+            .field(
+                "receipt",
+                &v1::Receipt::decode(self.receipt.as_slice()).ok(),
+            )
+            .field("signature_bytes", &self.signature.len())
+            .finish()
+    }
+}
+
+/// The envelope inside stored `SignedEnvelope` bytes (the form outboxes and
+/// inboxes keep), without checking the signature.
+pub fn open_envelope(stored: &[u8]) -> Option<v1::Envelope> {
+    let signed = v1::SignedEnvelope::decode(stored).ok()?;
+    v1::Envelope::decode(signed.envelope.as_slice()).ok()
+}
+
+/// The receipt inside stored `SignedReceipt` bytes, without checking the
+/// signature.
+pub fn open_receipt(stored: &[u8]) -> Option<v1::Receipt> {
+    let signed = v1::SignedReceipt::decode(stored).ok()?;
+    v1::Receipt::decode(signed.receipt.as_slice()).ok()
 }
 
 impl v1::Notice {

@@ -56,6 +56,8 @@ pub struct Site {
     pub socket: PathBuf,
     pub port: u16,
     pub fingerprint: String,
+    /// The public half of its signing key, `ed25519:…`.
+    pub signing_key: String,
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -101,6 +103,8 @@ impl Sites {
         for spec in specs {
             let dir = root.join(spec.org_id);
             let keys = tvaers_daemon::identity::generate(&dir.join("keys"), spec.org_id)?;
+            let (_, signing_key) =
+                tvaers_daemon::identity::generate_signing_key(&dir.join("keys"))?;
             sites.push(Site {
                 spec: *spec,
                 config: dir.join("tvaers.toml"),
@@ -109,6 +113,7 @@ impl Sites {
                 dir,
                 port: free_port()?,
                 fingerprint: keys.fingerprint.to_string(),
+                signing_key: signing_key.to_string(),
                 child: None,
             });
         }
@@ -319,6 +324,7 @@ fn config_text(site: &Site, all: &[Site], tuning: Tuning) -> String {
 org_id = "{org}"
 name = "{name}"
 sector = "{sector}"
+signing_key = "keys/signing-key.pk8"
 
 [store]
 url = "sqlite://data/tvaers.db"
@@ -356,12 +362,14 @@ name = "{name}"
 sector = "{sector}"
 address = "127.0.0.1:{port}"
 fingerprint = "{fingerprint}"
+signing_key = "{signing_key}"
 "#,
             org = peer.spec.org_id,
             name = peer.spec.name,
             sector = peer.spec.sector,
             port = peer.port,
             fingerprint = peer.fingerprint,
+            signing_key = peer.signing_key,
         ));
     }
     text

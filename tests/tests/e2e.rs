@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prost::Message;
 use tvaers_client::{Client, ClientError, DeliveryState, StreamExt, Submission, v1};
+use tvaers_daemon::signing::{PublicKey, SigningKey};
 use tvaers_daemon::transport::endpoint::{Endpoint, EndpointSettings};
 use tvaers_daemon::transport::frame;
 use tvaers_daemon::transport::tls::{Fingerprint, Identity, Pin, TrustStore};
@@ -475,9 +476,13 @@ async fn a_certificate_that_is_not_pinned_is_refused_and_named() {
     assert!(items.is_empty());
 }
 
-/// A hand-driven peer: psychiatry's real keys, but frames we choose.
+/// A hand-driven peer: a site's real keys, but frames we choose.
 struct RawPeer {
     connection: quinn::Connection,
+    /// The organisation's signing key, for envelopes.
+    signing_key: SigningKey,
+    /// The receiver's public key, to check its receipts.
+    their_key: PublicKey,
     _endpoint: Endpoint,
 }
 
@@ -504,11 +509,14 @@ impl RawPeer {
         let connection = endpoint.connect(addr, to_org).await.unwrap();
         RawPeer {
             connection,
+            signing_key: SigningKey::load(&me.dir.join("keys/signing-key.pk8")).unwrap(),
+            their_key: PublicKey::parse(&them.signing_key).unwrap(),
             _endpoint: endpoint,
         }
     }
 
-    /// Sends raw bytes on a new stream and returns the receipt.
+    /// Sends raw bytes on a new stream and returns the receipt, whose
+    /// signature must be the receiver's.
     async fn exchange(&self, bytes: &[u8]) -> v1::Receipt {
         let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
         // The receiver may stop reading an oversized frame early.
@@ -516,12 +524,27 @@ impl RawPeer {
         let _ = send.finish();
         let response: v1::PeerResponse = frame::read_message(&mut recv, 1 << 20).await.unwrap();
         match response.body {
-            Some(v1::peer_response::Body::Receipt(r)) => r,
-            None => panic!("no receipt"),
+            Some(v1::peer_response::Body::SignedReceipt(signed)) => {
+                self.their_key.open_receipt(&signed).unwrap()
+            }
+            other => panic!("no signed receipt: {other:?}"),
         }
     }
 
+    /// Sends an envelope signed with this site's key.
     async fn send_envelope(&self, envelope: v1::Envelope) -> v1::Receipt {
+        self.send_signed_by(&self.signing_key, envelope).await
+    }
+
+    async fn send_signed_by(&self, key: &SigningKey, envelope: v1::Envelope) -> v1::Receipt {
+        let signed = v1::SignedEnvelope::decode(key.seal_envelope(&envelope).as_slice()).unwrap();
+        let request = v1::PeerRequest {
+            body: Some(v1::peer_request::Body::SignedNotice(signed)),
+        };
+        self.exchange(&frame::encode(&request)).await
+    }
+
+    async fn send_unsigned(&self, envelope: v1::Envelope) -> v1::Receipt {
         let request = v1::PeerRequest {
             body: Some(v1::peer_request::Body::Notice(envelope)),
         };
@@ -597,6 +620,37 @@ async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
         .await;
     assert_eq!(wrong_recipient.reason_code, "WRONG_RECIPIENT");
 
+    // Unsigned, signed by another key, or with the signed bytes changed.
+    let receipt = peer
+        .send_unsigned(envelope(psyk, kommune, sample::admission(CPR_A)))
+        .await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "SIGNATURE_MISSING")
+    );
+    let stranger = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let receipt = peer
+        .send_signed_by(&stranger, envelope(psyk, kommune, sample::admission(CPR_A)))
+        .await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "BAD_SIGNATURE")
+    );
+    let sealed = peer
+        .signing_key
+        .seal_envelope(&envelope(psyk, kommune, sample::admission(CPR_A)));
+    let mut signed = v1::SignedEnvelope::decode(sealed.as_slice()).unwrap();
+    let last = signed.envelope.len() - 1;
+    signed.envelope[last] ^= 1;
+    let request = v1::PeerRequest {
+        body: Some(v1::peer_request::Body::SignedNotice(signed)),
+    };
+    let receipt = peer.exchange(&frame::encode(&request)).await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (permanent, "BAD_SIGNATURE")
+    );
+
     // Created ten minutes ahead of the receiver's clock: beyond the skew.
     let mut future = envelope(psyk, kommune, sample::admission(CPR_A));
     future.created_at_ms += 600_000;
@@ -653,6 +707,8 @@ async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
         "MALFORMED",
         "INVALID_FIELD",
         "CLOCK_SKEW",
+        "SIGNATURE_MISSING",
+        "BAD_SIGNATURE",
     ] {
         assert!(log.contains(code), "{code} is logged");
     }

@@ -7,7 +7,6 @@
 //! knows whether a row is still queued or already on the wire (then the
 //! peer's receipt decides).
 
-use prost::Message;
 use tonic::Status;
 use tvaers_proto::v1;
 
@@ -168,7 +167,7 @@ async fn rows_of(
 
 /// An outbox row for the operator: ids, state and kind, no content.
 fn row(item: &OutboxItem) -> v1::OutboxRow {
-    let envelope = v1::Envelope::decode(item.envelope.as_slice()).ok();
+    let envelope = tvaers_proto::open_envelope(&item.envelope);
     v1::OutboxRow {
         seq: item.seq,
         notice_id: item.notice_id.clone(),

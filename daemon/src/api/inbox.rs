@@ -5,7 +5,6 @@
 //! at least once: a caller that reconnects with the last cursor it
 //! processed sees nothing twice and misses nothing.
 
-use prost::Message;
 use tokio_stream::Stream;
 use tonic::Status;
 use tvaers_proto::v1;
@@ -17,7 +16,7 @@ use crate::store::{InboxRecord, StoreError};
 const PAGE: u32 = 100;
 
 fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
-    let envelope = v1::Envelope::decode(record.envelope.as_slice()).map_err(|_| {
+    let envelope = tvaers_proto::open_envelope(&record.envelope).ok_or_else(|| {
         super::internal(
             "inbox read",
             format!(

@@ -19,6 +19,7 @@ use crate::batch::GroupCommit;
 use crate::delivery::CitizenKeys;
 use crate::metrics::Metrics;
 use crate::peers::PeerSet;
+use crate::signing::SigningKey;
 use crate::store::{NewNotice, Store, SubmitOutcome};
 
 pub mod inbox;
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub org_id: String,
     pub store: Arc<dyn Store>,
     pub submits: GroupCommit<NewNotice, SubmitOutcome>,
+    /// Signs every envelope at submit, before it is stored.
+    pub signing_key: Arc<SigningKey>,
     pub peers: Arc<PeerSet>,
     pub citizens: CitizenKeys,
     pub default_ttl_ms: i64,

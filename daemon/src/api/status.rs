@@ -1,7 +1,6 @@
 //! `DeliveryStatus`: where a notice is, per recipient, from the store, with
 //! the peer's current connection trouble filled in for rows still waiting.
 
-use prost::Message;
 use tonic::Status;
 use tvaers_proto::v1;
 
@@ -50,7 +49,7 @@ pub async fn delivery_status(
                 },
                 receipt: row
                     .receipt
-                    .and_then(|bytes| v1::Receipt::decode(bytes.as_slice()).ok()),
+                    .and_then(|bytes| tvaers_proto::open_receipt(&bytes)),
                 next_attempt_at_ms: row.next_attempt_at_ms,
             }
         })

@@ -80,7 +80,7 @@ pub async fn submit(
         .iter()
         .map(|recipient| NewOutboxItem {
             recipient: recipient.clone(),
-            envelope: v1::Envelope {
+            envelope: state.signing_key.seal_envelope(&v1::Envelope {
                 notice_id: notice_id.clone(),
                 idempotency_key: request.idempotency_key.clone(),
                 sender: state.org_id.clone(),
@@ -88,8 +88,7 @@ pub async fn submit(
                 created_at_ms,
                 expires_at_ms,
                 notice: request.notice.clone(),
-            }
-            .encode_to_vec(),
+            }),
         })
         .collect();
 

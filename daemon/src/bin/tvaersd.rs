@@ -53,11 +53,16 @@ fn main() -> ExitCode {
     init_logging(args.log_format);
     match args.command.unwrap_or(Command::Run) {
         Command::GenerateKeys { org_id, dir } => {
-            match tvaers_daemon::identity::generate(&dir, &org_id) {
-                Ok(keys) => {
+            let generated = tvaers_daemon::identity::generate(&dir, &org_id).and_then(|keys| {
+                tvaers_daemon::identity::generate_signing_key(&dir).map(|signing| (keys, signing))
+            });
+            match generated {
+                Ok((keys, (signing_path, signing_key))) => {
                     println!("certificate: {}", keys.certificate.display());
                     println!("private key: {}", keys.private_key.display());
                     println!("fingerprint: {}", keys.fingerprint);
+                    println!("signing key: {}", signing_path.display());
+                    println!("signing public key: {signing_key}");
                     ExitCode::SUCCESS
                 }
                 Err(error) => {

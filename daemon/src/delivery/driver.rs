@@ -31,6 +31,7 @@ use super::machine::{
     Action, ConnectionState, EXPIRED_REASON, Event, Machine, MachineConfig, Pending, ReceiptVerdict,
 };
 use crate::metrics::{Metrics, PeerMetrics};
+use crate::signing::{OpenError, PublicKey};
 use crate::store::{OutboxUpdate, Store, StoreError};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame;
@@ -57,6 +58,8 @@ pub struct PeerHealth {
 pub struct PeerTarget {
     pub org_id: String,
     pub addresses: Vec<SocketAddr>,
+    /// The key its receipts must be signed with.
+    pub signing_key: Option<PublicKey>,
 }
 
 impl PeerTarget {
@@ -85,7 +88,7 @@ enum Input {
     Connected(u64, quinn::Connection),
     ConnectFailed(String),
     Disconnected(u64, String),
-    Replied(i64, Result<v1::Receipt, String>),
+    Replied(i64, Result<Reply, String>),
     Cancel(i64, String, tokio::sync::oneshot::Sender<bool>),
 }
 
@@ -171,7 +174,7 @@ struct Task {
     inputs: mpsc::UnboundedSender<Input>,
     health: Arc<Mutex<PeerHealth>>,
     envelopes: HashMap<i64, Arc<Vec<u8>>>,
-    receipts: HashMap<i64, v1::Receipt>,
+    receipts: HashMap<i64, Reply>,
     connection: Option<(u64, quinn::Connection)>,
     /// Failed dials and lost connections so far: picks the next address.
     dials: usize,
@@ -274,9 +277,9 @@ impl Task {
                     self.feed(Event::Disconnected { error });
                 }
             }
-            Input::Replied(seq, Ok(receipt)) => {
-                let verdict = verdict_of(&receipt);
-                self.receipts.insert(seq, receipt);
+            Input::Replied(seq, Ok(reply)) => {
+                let verdict = verdict_of(&reply.receipt);
+                self.receipts.insert(seq, reply);
                 self.last_contact_ms = Some(now_ms());
                 self.feed(Event::Receipt { seq, verdict });
             }
@@ -313,11 +316,15 @@ impl Task {
             }
             Action::Delivered { seq } => {
                 self.envelopes.remove(&seq);
-                let receipt = self.receipts.remove(&seq).unwrap_or_default();
+                let stored = self
+                    .receipts
+                    .remove(&seq)
+                    .map(|reply| reply.stored)
+                    .unwrap_or_default();
                 self.metrics.delivered();
                 self.updates.push(OutboxUpdate::Delivered {
                     seq,
-                    receipt: receipt.encode_to_vec(),
+                    receipt: stored,
                     at_ms: now_ms(),
                 });
             }
@@ -330,7 +337,7 @@ impl Task {
                 let receipt = self.receipts.remove(&seq).filter(|_| rejected_by_peer);
                 // Only the code goes into a label: the text may quote content.
                 let code = match &receipt {
-                    Some(receipt) => receipt.reason_code.as_str(),
+                    Some(reply) => reply.receipt.reason_code.as_str(),
                     None if reason == EXPIRED_REASON => "EXPIRED",
                     None => "OTHER",
                 };
@@ -339,7 +346,7 @@ impl Task {
                 self.updates.push(OutboxUpdate::Failed {
                     seq,
                     reason,
-                    receipt: receipt.map(|r| r.encode_to_vec()),
+                    receipt: receipt.map(|reply| reply.stored),
                     at_ms: now_ms(),
                 });
             }
@@ -414,11 +421,13 @@ impl Task {
         let envelope = envelope.clone();
         let endpoint = self.endpoint.clone();
         let address = connection.remote_address();
+        let signing_key = self.target.signing_key;
         let timeout = self.settings.send_timeout;
         let limit = self.settings.max_frame_bytes;
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
-            let result = tokio::time::timeout(timeout, exchange(&connection, &envelope, limit))
+            let exchanged = exchange(&connection, &envelope, limit, signing_key.as_ref());
+            let result = tokio::time::timeout(timeout, exchanged)
                 .await
                 .unwrap_or_else(|_| Err(Exchange::Timeout(timeout)));
             let result = result.map_err(|error| match error {
@@ -496,6 +505,22 @@ enum Exchange {
     NoReceipt,
     #[error("no receipt within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "the peer's receipt cannot be checked: no signing key is pinned for it (add its card with `tvaers peer add`)"
+    )]
+    NoSigningKey,
+    #[error("the peer's receipt does not carry a valid signature of its pinned key: {0}")]
+    BadReceipt(OpenError),
+    #[error("the peer accepted without signing its receipt")]
+    UnsignedAcceptance,
+}
+
+/// A receipt as checked, and the bytes to store for it (the signed
+/// receipt, kept as evidence of delivery).
+#[derive(Debug)]
+struct Reply {
+    receipt: v1::Receipt,
+    stored: Vec<u8>,
 }
 
 /// One notice on one stream: the envelope out, the receipt back.
@@ -503,7 +528,8 @@ async fn exchange(
     connection: &quinn::Connection,
     envelope: &[u8],
     limit: u32,
-) -> Result<v1::Receipt, Exchange> {
+    signing_key: Option<&PublicKey>,
+) -> Result<Reply, Exchange> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(Exchange::Connection)?;
     let request = request_frame(envelope);
     send.write_all(&request).await.map_err(|e| match e {
@@ -523,19 +549,40 @@ async fn exchange(
         Err(other) => return Err(other.into()),
     };
     match response.body {
-        Some(v1::peer_response::Body::Receipt(receipt)) => Ok(receipt),
+        Some(v1::peer_response::Body::SignedReceipt(signed)) => {
+            let key = signing_key.ok_or(Exchange::NoSigningKey)?;
+            let receipt = key.open_receipt(&signed).map_err(Exchange::BadReceipt)?;
+            Ok(Reply {
+                receipt,
+                stored: signed.encode_to_vec(),
+            })
+        }
+        // A receiver answers unsigned only when it could not read the
+        // request at all; that can be a rejection, never an acceptance.
+        Some(v1::peer_response::Body::Receipt(receipt))
+            if receipt.outcome != v1::ReceiptOutcome::Accepted as i32 =>
+        {
+            let stored = v1::SignedReceipt {
+                receipt: receipt.encode_to_vec(),
+                signature: Vec::new(),
+            }
+            .encode_to_vec();
+            Ok(Reply { receipt, stored })
+        }
+        Some(v1::peer_response::Body::Receipt(_)) => Err(Exchange::UnsignedAcceptance),
         None => Err(Exchange::NoReceipt),
     }
 }
 
-/// Frames a stored envelope as a `PeerRequest` without decoding it: field 1
-/// of `PeerRequest` is the envelope, so its bytes go in as they are.
+/// Frames a stored signed envelope as a `PeerRequest` without decoding it:
+/// field 2 of `PeerRequest` is the signed envelope, so its bytes go in as
+/// they are.
 fn request_frame(envelope: &[u8]) -> Vec<u8> {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let body_len = key_len(1) + encoded_len_varint(envelope.len() as u64) + envelope.len();
+    let body_len = key_len(2) + encoded_len_varint(envelope.len() as u64) + envelope.len();
     let mut framed = Vec::with_capacity(4 + body_len);
     framed.extend_from_slice(&(body_len as u32).to_be_bytes());
-    encode_key(1, WireType::LengthDelimited, &mut framed);
+    encode_key(2, WireType::LengthDelimited, &mut framed);
     encode_varint(envelope.len() as u64, &mut framed);
     framed.extend_from_slice(envelope);
     framed
@@ -678,6 +725,7 @@ mod tests {
         let target = PeerTarget {
             org_id: "org-b".into(),
             addresses: vec!["127.0.0.1:9".parse().unwrap()],
+            signing_key: None,
         };
         let shutdown = CancellationToken::new();
         let (driver, task) = PeerDriver::spawn(target, settings, endpoint, store, shutdown.clone());
@@ -754,17 +802,24 @@ mod tests {
     }
 
     #[test]
-    fn request_frame_is_a_peer_request_holding_the_envelope() {
+    fn request_frame_is_a_peer_request_holding_the_signed_envelope() {
         let envelope = v1::Envelope {
             notice_id: "abc".into(),
             sender: "a".into(),
             ..Default::default()
         };
-        let framed = request_frame(&envelope.encode_to_vec());
+        let signed = v1::SignedEnvelope {
+            envelope: envelope.encode_to_vec(),
+            signature: vec![7; 64],
+        };
+        let framed = request_frame(&signed.encode_to_vec());
         let len = u32::from_be_bytes(framed[..4].try_into().unwrap()) as usize;
         assert_eq!(len, framed.len() - 4);
         let decoded = v1::PeerRequest::decode(&framed[4..]).unwrap();
-        assert_eq!(decoded.body, Some(v1::peer_request::Body::Notice(envelope)));
+        assert_eq!(
+            decoded.body,
+            Some(v1::peer_request::Body::SignedNotice(signed))
+        );
     }
 
     #[test]
@@ -774,12 +829,14 @@ mod tests {
         let target = PeerTarget {
             org_id: "org".into(),
             addresses: vec![a, b],
+            signing_key: None,
         };
         let picked: Vec<_> = (0..4).map(|n| target.address(n).unwrap()).collect();
         assert_eq!(picked, [a, b, a, b]);
         let none = PeerTarget {
             org_id: "org".into(),
             addresses: vec![],
+            signing_key: None,
         };
         assert_eq!(none.address(0), None);
     }
