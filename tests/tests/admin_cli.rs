@@ -348,6 +348,65 @@ fn tampered_cards_and_changed_keys_are_refused() {
     let impostor = init(root.path(), "praksis-igen", "123456789", "general-practice");
     let card = export(&praksis);
     let text = std::fs::read_to_string(&card).unwrap();
+
+    // An org id that is neither a SOR code nor a GLN with a valid check
+    // digit is invalid input, and the error names the accepted forms.
+    for bad in ["5790000000001", "12345678", "kommune.vordingborg"] {
+        let dir = root.path().join(format!("bad-{bad}"));
+        let run = tvaers(
+            None,
+            &[
+                "init",
+                "--org-id",
+                bad,
+                "--name",
+                "x",
+                "--sector",
+                "municipality",
+                "--listen",
+                "127.0.0.1:1",
+                "--dir",
+                dir.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run.code, 2, "{bad}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("SOR code") && run.stderr.contains("GLN"),
+            "{bad}: {}",
+            run.stderr
+        );
+        assert!(!dir.join("keys").exists(), "{bad}: keys written anyway");
+    }
+
+    // A wildcard listen address is not something a peer can dial.
+    let wildcard = root.path().join("wildcard");
+    tvaers(
+        None,
+        &[
+            "init",
+            "--org-id",
+            "4012345000009",
+            "--name",
+            "Wildcard",
+            "--sector",
+            "psychiatry",
+            "--listen",
+            "0.0.0.0:7402",
+            "--dir",
+            wildcard.to_str().unwrap(),
+        ],
+    )
+    .ok("init on 0.0.0.0");
+    let config = wildcard.join("tvaers.toml");
+    let run = tvaers(Some(&config), &["card", "export"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--address"), "{}", run.stderr);
+    let run = tvaers(
+        Some(&config),
+        &["card", "export", "--address", "192.0.2.10:7402"],
+    )
+    .ok("card export --address");
+    assert!(run.stdout.contains("192.0.2.10:7402"), "{}", run.stdout);
     let config_before = std::fs::read_to_string(&kommune.config).unwrap();
 
     // One changed byte in any field's value is caught.

@@ -1,0 +1,162 @@
+//! `tvaers inbox list | show | ack`, through the local API.
+//!
+//! Terminals are often logged, so a notice's content (the citizen's CPR
+//! number, health details) is shown only with `--reveal`; by default only
+//! kind, sender, ids and times.
+
+use std::path::Path;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+use tvaers_client::v1;
+
+use crate::commands::{load_config, local};
+use crate::error::CliError;
+use crate::output::{Output, Table, time};
+
+#[derive(Subcommand, Debug)]
+pub enum InboxCommand {
+    /// Received notices, oldest first.
+    List {
+        /// Only notices not acknowledged yet.
+        #[arg(long)]
+        unacked: bool,
+        /// At most this many (0: the daemon's default, 100).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this cursor.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Also show the content: CPR number and health details.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// One received notice, by its cursor.
+    Show {
+        cursor: u64,
+        /// Also show the content: CPR number and health details.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Mark a received notice as taken care of.
+    Ack { cursor: u64 },
+}
+
+fn item_json(item: &v1::InboxItem, reveal: bool) -> Value {
+    let e = item.envelope.as_ref();
+    let notice = e.and_then(|e| e.notice.as_ref());
+    let mut value = json!({
+        "cursor": item.cursor,
+        "received_at_ms": item.received_at_ms,
+        "acked_at_ms": (item.acked_at_ms != 0).then_some(item.acked_at_ms),
+        "notice_id": e.map(|e| e.notice_id.clone()),
+        "sender": e.map(|e| e.sender.clone()),
+        "recipient": e.map(|e| e.recipient.clone()),
+        "created_at_ms": e.map(|e| e.created_at_ms),
+        "kind": notice.map(|n| n.kind_name()),
+    });
+    if reveal && let Some(n) = notice {
+        value["citizen_cpr"] = json!(n.citizen_cpr);
+        value["episode_id"] = json!(n.episode_id);
+        value["content"] = json!(content(n));
+    }
+    value
+}
+
+/// The payload, for `--reveal` only.
+fn content(n: &v1::Notice) -> String {
+    use v1::notice::Payload;
+    match &n.payload {
+        Some(Payload::Admission(p)) => format!("{p:#?}"),
+        Some(Payload::Discharge(p)) => format!("{p:#?}"),
+        Some(Payload::NoShow(p)) => format!("{p:#?}"),
+        Some(Payload::PlanChange(p)) => format!("{p:#?}"),
+        Some(Payload::Correction(p)) => format!("{p:#?}"),
+        None => "(no payload)".to_owned(),
+    }
+}
+
+fn render(items: &[v1::InboxItem], reveal: bool) -> String {
+    let mut t = Table::new(&["CURSOR", "KIND", "FROM", "NOTICE", "RECEIVED", "ACKED"]);
+    for item in items {
+        let e = item.envelope.as_ref();
+        t.row(vec![
+            item.cursor.to_string(),
+            e.and_then(|e| e.notice.as_ref())
+                .map_or("-", |n| n.kind_name())
+                .to_owned(),
+            e.map_or("-".into(), |e| e.sender.clone()),
+            e.map_or("-".into(), |e| e.notice_id.clone()),
+            time(item.received_at_ms),
+            time(item.acked_at_ms),
+        ]);
+    }
+    let mut text = if t.is_empty() {
+        "The inbox is empty.\n".into()
+    } else {
+        t.render()
+    };
+    if reveal {
+        for item in items {
+            if let Some(n) = item.envelope.as_ref().and_then(|e| e.notice.as_ref()) {
+                text.push_str(&format!(
+                    "\n--- cursor {} ---\ncitizen CPR: {}\nepisode: {}\n{}\n",
+                    item.cursor,
+                    n.citizen_cpr,
+                    n.episode_id,
+                    content(n)
+                ));
+            }
+        }
+    } else if !items.is_empty() {
+        text.push_str("(content hidden; add --reveal to show CPR numbers and health details)\n");
+    }
+    text
+}
+
+pub async fn run(command: InboxCommand, config_path: &Path, out: Output) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let client = local(&config).await?;
+    match command {
+        InboxCommand::List {
+            unacked,
+            limit,
+            after,
+            reveal,
+        } => {
+            let items = if unacked {
+                client.list_unacked(after, limit).await?
+            } else {
+                client.list_inbox(after, limit).await?
+            };
+            let value =
+                json!({"items": items.iter().map(|i| item_json(i, reveal)).collect::<Vec<_>>()});
+            out.emit(&value, || render(&items, reveal));
+        }
+        InboxCommand::Show { cursor, reveal } => {
+            let items = client.list_inbox(cursor.saturating_sub(1), 1).await?;
+            let item = items
+                .into_iter()
+                .find(|i| i.cursor == cursor)
+                .ok_or_else(|| {
+                    CliError::invalid(format!(
+                        "no inbox item with cursor {cursor}; `tvaers inbox list` shows the cursors"
+                    ))
+                })?;
+            out.emit(&item_json(&item, reveal), || {
+                render(std::slice::from_ref(&item), reveal)
+            });
+        }
+        InboxCommand::Ack { cursor } => {
+            let newly = client.ack(cursor).await?;
+            out.emit(&json!({"cursor": cursor, "newly_acked": newly}), || {
+                if newly {
+                    format!("Acknowledged inbox item {cursor}.")
+                } else {
+                    format!("Inbox item {cursor} was acknowledged before.")
+                }
+            });
+        }
+    }
+    Ok(())
+}

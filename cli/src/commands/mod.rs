@@ -1,0 +1,60 @@
+//! One module per command group, plus what several of them share.
+
+pub mod card;
+pub mod inbox;
+pub mod init;
+pub mod keys;
+pub mod outbox;
+pub mod peer;
+pub mod send;
+pub mod status;
+
+use std::path::Path;
+
+use anyhow::Context;
+use tvaers_daemon::config::Config;
+
+use crate::error::CliError;
+
+/// Loads the site config; a missing or invalid file is invalid input.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    if !path.exists() {
+        return Err(CliError::invalid(format!(
+            "no config file at {}: pass --config FILE or set TVAERS_CONFIG, or create one with \
+             `tvaers init`",
+            path.display()
+        )));
+    }
+    Config::load(path).map_err(|e| CliError::invalid(e.to_string()))
+}
+
+/// Connects to the daemon's admin API.
+pub async fn admin(config: &Config) -> anyhow::Result<tvaers_client::AdminClient> {
+    tvaers_client::AdminClient::connect(&config.api.admin_socket)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "cannot reach the admin API of the daemon for {} (start it with `tvaersd --config {} run`)",
+                config.path.display(),
+                config.path.display()
+            ))
+        })
+}
+
+/// Connects to the daemon's local API.
+pub async fn local(config: &Config) -> anyhow::Result<tvaers_client::Client> {
+    tvaers_client::Client::connect(&config.api.socket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the local API of the daemon for {} (start it with `tvaersd --config {} run`)",
+                config.path.display(),
+                config.path.display()
+            )
+        })
+}
+
+/// Now, as RFC 3339.
+pub fn now_text() -> String {
+    tvaers_daemon::config::format_time(tvaers_daemon::now_ms())
+}

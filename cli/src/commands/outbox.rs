@@ -1,0 +1,157 @@
+//! `tvaers outbox list | show | retry | cancel`.
+
+use std::path::Path;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+use tvaers_client::v1;
+
+use crate::commands::{admin, load_config, local};
+use crate::error::CliError;
+use crate::output::{Output, Table, time};
+
+#[derive(Subcommand, Debug)]
+pub enum OutboxCommand {
+    /// Outbox rows, newest first.
+    List {
+        /// Only rows in this state.
+        #[arg(long, value_parser = ["pending", "in_flight", "delivered", "failed"])]
+        state: Option<String>,
+        /// At most this many rows (max 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Delivery of one notice, per recipient.
+    Show { notice_id: String },
+    /// Send a failed notice again (every recipient, or --to one).
+    Retry {
+        notice_id: String,
+        #[arg(long, value_name = "ORG")]
+        to: Option<String>,
+    },
+    /// Give up on a queued notice (every recipient, or --to one).
+    Cancel {
+        notice_id: String,
+        #[arg(long, value_name = "ORG")]
+        to: Option<String>,
+    },
+}
+
+fn row_json(r: &v1::OutboxRow) -> Value {
+    json!({
+        "seq": r.seq, "notice_id": r.notice_id, "recipient": r.recipient, "state": r.state,
+        "kind": r.kind, "attempts": r.attempts, "created_at_ms": r.created_at_ms,
+        "next_attempt_at_ms": r.next_attempt_at_ms, "expires_at_ms": r.expires_at_ms,
+        "last_error": r.last_error,
+    })
+}
+
+fn table(rows: &[v1::OutboxRow]) -> String {
+    let mut t = Table::new(&[
+        "NOTICE",
+        "TO",
+        "KIND",
+        "STATE",
+        "ATTEMPTS",
+        "CREATED",
+        "NEXT ATTEMPT",
+        "LAST ERROR",
+    ]);
+    for r in rows {
+        t.row(vec![
+            r.notice_id.clone(),
+            r.recipient.clone(),
+            r.kind.clone(),
+            r.state.clone(),
+            r.attempts.to_string(),
+            time(r.created_at_ms),
+            time(r.next_attempt_at_ms),
+            if r.last_error.is_empty() {
+                "-".into()
+            } else {
+                r.last_error.clone()
+            },
+        ]);
+    }
+    if t.is_empty() {
+        "No outbox rows.\n".into()
+    } else {
+        t.render()
+    }
+}
+
+fn check_id(id: &str) -> anyhow::Result<()> {
+    if id.len() != 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(CliError::invalid(
+            "a notice id is a UUID like 0193c6f2-7a1b-7c3d-9e4f-0a1b2c3d4e5f (see `tvaers outbox list`)",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn run(command: OutboxCommand, config_path: &Path, out: Output) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    match command {
+        OutboxCommand::List { state, limit } => {
+            let client = admin(&config).await?;
+            let rows = client
+                .list_outbox(v1::ListOutboxRequest {
+                    state: state.unwrap_or_default(),
+                    limit,
+                    before_seq: 0,
+                })
+                .await?;
+            let value = json!({"rows": rows.iter().map(row_json).collect::<Vec<_>>()});
+            out.emit(&value, || table(&rows));
+        }
+        OutboxCommand::Show { notice_id } => {
+            check_id(&notice_id)?;
+            let client = local(&config).await?;
+            let status = client.delivery_status(&notice_id).await?;
+            let value = json!({
+                "notice_id": status.notice_id,
+                "created_at_ms": status.created_at_ms,
+                "recipients": status.recipients.iter().map(|r| json!({
+                    "recipient": r.recipient,
+                    "state": r.state.as_str_name(),
+                    "attempts": r.attempts,
+                    "last_error": r.last_error,
+                    "delivered_at_ms": r.delivered_at_ms,
+                    "next_attempt_at_ms": r.next_attempt_at_ms,
+                    "receipt_reason": r.receipt.as_ref().map(|x| x.reason_code.clone()),
+                })).collect::<Vec<_>>(),
+            });
+            out.emit(&value, || status.to_string());
+        }
+        OutboxCommand::Retry { notice_id, to } => {
+            check_id(&notice_id)?;
+            let client = admin(&config).await?;
+            let r = client.retry_outbox(&notice_id, to.as_deref()).await?;
+            action(out, "retried", &r);
+        }
+        OutboxCommand::Cancel { notice_id, to } => {
+            check_id(&notice_id)?;
+            let client = admin(&config).await?;
+            let r = client.cancel_outbox(&notice_id, to.as_deref()).await?;
+            action(out, "cancelled", &r);
+        }
+    }
+    Ok(())
+}
+
+fn action(out: Output, verb: &str, r: &v1::OutboxActionResponse) {
+    let value = json!({
+        "changed": r.changed.iter().map(row_json).collect::<Vec<_>>(),
+        "skipped": r.skipped,
+    });
+    out.emit(&value, || {
+        let mut text = format!("{} row(s) {verb}.\n", r.changed.len());
+        if !r.changed.is_empty() {
+            text.push_str(&table(&r.changed));
+        }
+        for s in &r.skipped {
+            text.push_str(&format!("skipped: {s}\n"));
+        }
+        text
+    });
+}

@@ -1,0 +1,122 @@
+//! `tvaers`: the admin CLI of a tvaers site. Argument parsing, dispatch and
+//! exit codes; each command group lives in `commands/`.
+#![forbid(unsafe_code)]
+
+mod card;
+mod commands;
+mod error;
+mod org_id;
+mod output;
+mod site_config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{card as card_cmd, inbox, init, keys, outbox, peer, send, status};
+use crate::error::exit;
+use crate::output::Output;
+
+/// Set up a tvaers site, exchange trust with peer organisations, and see
+/// what the daemon is doing.
+///
+/// Connecting two organisations: `tvaers init` on each side, `tvaers card
+/// export` and send the card file to the peer, `tvaers peer add CARD` on
+/// the other side (compare the fingerprints over the phone), then start
+/// `tvaersd --config tvaers.toml run`.
+///
+/// Exit codes:
+///   0  ok
+///   1  error (the message says what to do next)
+///   2  bad usage or invalid input (a flag, an id, a malformed file)
+///   3  the daemon is not running or cannot be reached
+///   4  refused: by the operator at a prompt, or by a trust check
+///      (a tampered card, a different signing key for a known peer)
+#[derive(Parser, Debug)]
+#[command(name = "tvaers", version, about, long_about, verbatim_doc_comment)]
+struct Args {
+    /// The site's config file.
+    #[arg(
+        long,
+        short,
+        env = "TVAERS_CONFIG",
+        default_value = "./tvaers.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Print one JSON document instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set up a new site: keys and a commented config file.
+    Init(init::InitArgs),
+    /// This site's peer card: export it for peers, or verify one.
+    #[command(subcommand)]
+    Card(card_cmd::CardCommand),
+    /// Peers this site trusts: add from a card, list, show, remove, revoke.
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
+    /// This site's keys: show them, rotate the TLS certificate.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// The running daemon: health, peers, counts, warnings.
+    Status,
+    /// Notices this site sends: list, show, retry, cancel.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
+    /// Notices this site received: list, show, acknowledge.
+    #[command(subcommand)]
+    Inbox(inbox::InboxCommand),
+    /// Send a notice by hand, to try a set-up.
+    #[command(subcommand)]
+    Send(Box<send::SendCommand>),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let out = Output { json: args.json };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let config = args.config;
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Init(a) => init::run(a, out),
+            Command::Card(c) => card_cmd::run(c, &config, out),
+            Command::Peer(c) => peer::run(c, &config, out).await,
+            Command::Keys(c) => keys::run(c, &config, out),
+            Command::Status => status::run(&config, out).await,
+            Command::Outbox(c) => outbox::run(c, &config, out).await,
+            Command::Inbox(c) => inbox::run(c, &config, out).await,
+            Command::Send(c) => send::run(*c, &config, out).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(error) => {
+            let code = error::exit_code(&error);
+            if out.json {
+                let doc = serde_json::json!({
+                    "error": format!("{error:#}"),
+                    "exit_code": code,
+                });
+                println!("{doc}");
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
