@@ -81,6 +81,8 @@ pub struct Metrics {
     outbox_depth: Family<PeerLabel, Gauge>,
     oldest_pending: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     connected: Family<PeerLabel, Gauge>,
+    rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    inbox_unacked: Gauge,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,18 @@ impl Metrics {
             "1 while a QUIC connection to the peer is up",
             Family::default(),
         );
+        let rtt = registered(
+            &mut registry,
+            "peer_rtt_seconds",
+            "Smoothed round-trip time of the connection to the peer; 0 while not connected",
+            Family::default(),
+        );
+        let inbox_unacked = registered(
+            &mut registry,
+            "inbox_unacked",
+            "Inbox items not yet acknowledged by the local system, read from the store at scrape time",
+            Gauge::default(),
+        );
         Metrics {
             registry: Arc::new(registry),
             submitted,
@@ -179,6 +193,8 @@ impl Metrics {
             outbox_depth,
             oldest_pending,
             connected,
+            rtt,
+            inbox_unacked,
         }
     }
 
@@ -254,9 +270,13 @@ impl Metrics {
         };
         for (peer, driver) in &sources.peers.drivers().await {
             let label = PeerLabel { peer: peer.clone() };
+            let health = driver.health();
             self.connected
                 .get_or_create(&label)
-                .set(i64::from(driver.health().connected));
+                .set(i64::from(health.connected));
+            self.rtt
+                .get_or_create(&label)
+                .set(health.rtt.map_or(0.0, |rtt| rtt.as_secs_f64()));
             if let Some(open) = &open {
                 let row = open.iter().find(|row| &row.recipient == peer);
                 let depth = row.map_or(0, |row| row.notices);
@@ -267,6 +287,15 @@ impl Metrics {
                     (now - row.oldest_created_at_ms).max(0) as f64 / 1000.0
                 });
                 self.oldest_pending.get_or_create(&label).set(age);
+            }
+        }
+        match sources.store.counts().await {
+            Ok(counts) => {
+                self.inbox_unacked
+                    .set(i64::try_from(counts.inbox_unacked).unwrap_or(i64::MAX));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "metrics: cannot read inbox counts from the store")
             }
         }
         let mut text = String::new();

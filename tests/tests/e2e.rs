@@ -956,6 +956,15 @@ async fn metrics_follow_a_backlog_to_a_stopped_peer_until_it_drains() {
         N as f64,
         "{received}"
     );
+    assert_eq!(
+        metric(&received, "tvaers_inbox_unacked", ""),
+        N as f64,
+        "{received}"
+    );
+    assert!(
+        metric(&text, "tvaers_peer_rtt_seconds", &peer) > 0.0,
+        "{text}"
+    );
     assert_eq!(http_get(receiver, "/readyz").await.unwrap().0, 200);
     assert_eq!(http_get(receiver, "/nowhere").await.unwrap().0, 404);
 
