@@ -421,13 +421,17 @@ async fn answer(sources: &Sources, request: Request<Incoming>) -> Response<Full<
             if !sources.started.load(Ordering::Acquire) {
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
             }
-            match tokio::time::timeout(STORE_PROBE_TIMEOUT, sources.store.outbox_open()).await {
-                Ok(Ok(_)) => plain(StatusCode::OK, "ready\n"),
+            let probe = sources.store.probe_write(now_ms());
+            match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe).await {
+                Ok(Ok(())) => plain(StatusCode::OK, "ready\n"),
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "readiness probe: the store does not answer");
-                    plain(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+                    tracing::warn!(%error, "readiness probe: the store cannot commit a write");
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "store not writable\n")
                 }
-                Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "store does not answer\n"),
+                Err(_) => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store not writable: a write did not commit in time\n",
+                ),
             }
         }
         _ => plain(

@@ -976,3 +976,43 @@ async fn metrics_follow_a_backlog_to_a_stopped_peer_until_it_drains() {
     }
     assert_no_cpr_in_logs(&sites, &[CPR_A, CPR_B]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_turns_unready_while_the_store_cannot_take_writes() {
+    use sqlx::Connection;
+    let kommune = MUNICIPALITY.org_id;
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    let metrics = sites.enable_metrics(kommune).unwrap();
+    sites.start(kommune).await.unwrap();
+    assert_eq!(http_get(metrics, "/readyz").await.unwrap().0, 200);
+
+    // Another writer holds the SQLite file's write lock.
+    let db = sites.site(kommune).dir.join("data/tvaers.db");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let (status, body) = http_get(metrics, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not writable"), "{body}");
+    assert_eq!(http_get(metrics, "/healthz").await.unwrap().0, 200);
+
+    // Released: ready again, and the store takes notices as before.
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    assert_eq!(http_get(metrics, "/readyz").await.unwrap().0, 200);
+    let municipality = sites.client(kommune).await.unwrap();
+    let submitted = municipality
+        .submit(submission(
+            "n1",
+            sample::no_show(CPR_A),
+            &[PSYCHIATRY.org_id],
+        ))
+        .await
+        .unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    assert_all_delivered(&municipality, &[submitted.notice_id]).await;
+}

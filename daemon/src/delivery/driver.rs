@@ -665,6 +665,9 @@ mod tests {
         async fn reopen_outbox(&self, _: Vec<i64>, _: Millis) -> Result<u64, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn probe_write(&self, _: Millis) -> Result<(), StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn delivery(&self, _: &str) -> Result<Option<NoticeDelivery>, StoreError> {
             unimplemented!("not used by the driver")
         }

@@ -277,6 +277,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Counts for status output.
     async fn counts(&self) -> Result<StoreCounts, StoreError>;
 
+    /// Commits a small write (for the readiness probe): fails when the
+    /// store cannot take writes (locked, read-only, disk full, a standby).
+    async fn probe_write(&self, now_ms: Millis) -> Result<(), StoreError>;
+
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);
 }

@@ -438,6 +438,19 @@ macro_rules! sql_store {
                     rows.iter().map(|row| outbox_item(OP, row)).collect()
                 }
 
+                async fn probe_write(&self, now_ms: Millis) -> Result<(), StoreError> {
+                    const OP: &str = "probe_write";
+                    let error = query_error(OP);
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new(
+                        "INSERT INTO write_probe (id, probed_at_ms) VALUES (1, ",
+                    );
+                    query.push_bind(now_ms);
+                    query.push(") ON CONFLICT (id) DO UPDATE SET probed_at_ms = excluded.probed_at_ms");
+                    query.build().execute(&mut *tx).await.map_err(error)?;
+                    tx.commit().await.map_err(error)
+                }
+
                 async fn list_outbox(&self, filter: OutboxFilter) -> Result<Vec<OutboxItem>, StoreError> {
                     const OP: &str = "list_outbox";
                     let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);

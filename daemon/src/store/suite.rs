@@ -914,6 +914,14 @@ pub(crate) async fn large_batches(store: &dyn Store) {
 
 /// What a backend's `$make` in [`store_suite!`] may yield: a fresh store
 /// with its guard, or `None` when the case must be skipped.
+/// The readiness probe's write succeeds on a healthy store, again and again
+/// (it rewrites one row), and leaves notices alone.
+pub(crate) async fn probe_write_commits_repeatedly(store: &dyn Store) {
+    store.probe_write(1).await.unwrap();
+    store.probe_write(2).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), StoreCounts::default());
+}
+
 /// `list_outbox` returns matching rows newest first, by state, notice and
 /// page, with their envelopes.
 pub(crate) async fn list_outbox_filters_newest_first(store: &dyn Store) {
@@ -1102,6 +1110,7 @@ macro_rules! store_suite {
             large_batches,
             list_outbox_filters_newest_first,
             reopen_outbox_only_reopens_failed_unexpired_rows,
+            probe_write_commits_repeatedly,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
