@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{card as card_cmd, inbox, init, keys, outbox, peer, send, status};
+use crate::commands::{card as card_cmd, inbox, init, keys, outbox, peer, send, status, verify};
 use crate::error::exit;
 use crate::output::Output;
 
@@ -76,6 +76,12 @@ enum Command {
     /// Send a notice by hand, to try a set-up.
     #[command(subcommand)]
     Send(Box<send::SendCommand>),
+    /// Re-check the stored signatures of a notice, sent or received (exit
+    /// 4 if one does not hold).
+    Verify {
+        /// The notice id (see `tvaers outbox list` / `tvaers inbox list`).
+        notice_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
             Command::Outbox(c) => outbox::run(c, &config, out).await,
             Command::Inbox(c) => inbox::run(c, &config, out).await,
             Command::Send(c) => send::run(*c, &config, out).await,
+            Command::Verify { notice_id } => verify::run(notice_id, &config, out).await,
         }
     });
     match result {

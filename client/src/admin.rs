@@ -76,6 +76,20 @@ impl AdminClient {
             .map_err(|s| self.map(s))
     }
 
+    pub async fn verify_notice(
+        &self,
+        notice_id: &str,
+    ) -> Result<Vec<v1::SignatureCheck>, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .verify_notice(v1::VerifyNoticeRequest {
+                notice_id: notice_id.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().checks)
+            .map_err(|s| self.map(s))
+    }
+
     pub async fn cancel_outbox(
         &self,
         notice_id: &str,

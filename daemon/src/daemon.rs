@@ -208,6 +208,7 @@ pub async fn run(
         ),
         None => None,
     };
+    let signing_public_key = signing_key.public_key();
     let state = Arc::new(ApiState {
         org_id: config.site.org_id.clone(),
         signing_key,
@@ -231,6 +232,7 @@ pub async fn run(
         peers: peers.clone(),
         listen: peer_addr,
         fingerprint: endpoint.fingerprint(),
+        signing_key: signing_public_key,
         certificate_not_after_ms,
         started_at_ms,
     });

@@ -320,3 +320,85 @@ async fn a_peer_with_several_addresses_is_reached_on_the_one_that_answers() {
         .unwrap();
     assert_eq!(inbox.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_rechecks_both_signatures_on_both_sides_and_finds_tampering() {
+    use sqlx::Connection;
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites.start_all().await.unwrap();
+    let psychiatry = sites.client(psyk).await.unwrap();
+    let sent = psychiatry.submit(admission("a1", kommune)).await.unwrap();
+    assert!(
+        psychiatry
+            .wait_delivered(&sent.notice_id, WAIT)
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+
+    let cli = tvaers_e2e::cli_binary().unwrap();
+    let verify = |org: &str| {
+        std::process::Command::new(&cli)
+            .arg("--config")
+            .arg(&sites.site(org).config)
+            .args(["--json", "verify", &sent.notice_id])
+            .output()
+            .unwrap()
+    };
+    for (org, direction) in [(psyk, "sent"), (kommune, "received")] {
+        let checks = sites
+            .admin(org)
+            .await
+            .unwrap()
+            .verify_notice(&sent.notice_id)
+            .await
+            .unwrap();
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert!(
+            checks.iter().all(|c| c.valid && c.direction == direction),
+            "{checks:?}"
+        );
+        let items: Vec<&str> = checks.iter().map(|c| c.item.as_str()).collect();
+        assert_eq!(items, ["envelope", "receipt"]);
+        assert_eq!(verify(org).status.code(), Some(0));
+    }
+
+    // Someone with access to the receiver's database file changes the
+    // stored envelope's last byte (inside the signature).
+    let db = sites.site(kommune).dir.join("data/tvaers.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let changed = sqlx::query(
+        "UPDATE inbox SET envelope = substr(envelope, 1, length(envelope) - 1) \
+         || CASE WHEN substr(envelope, -1) = X'00' THEN X'01' ELSE X'00' END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    conn.close().await.unwrap();
+    let checks = sites
+        .admin(kommune)
+        .await
+        .unwrap()
+        .verify_notice(&sent.notice_id)
+        .await
+        .unwrap();
+    let envelope = checks.iter().find(|c| c.item == "envelope").unwrap();
+    assert!(!envelope.valid && envelope.signer == psyk, "{envelope:?}");
+    let output = verify(kommune);
+    assert_eq!(output.status.code(), Some(4));
+    let text: String = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .collect();
+    assert!(text.contains("\"valid\":false"), "{text}");
+    let unknown = sites
+        .admin(psyk)
+        .await
+        .unwrap()
+        .verify_notice("nothing")
+        .await;
+    assert!(unknown.is_err());
+}

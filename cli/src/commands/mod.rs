@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod peer;
 pub mod send;
 pub mod status;
+pub mod verify;
 
 use std::path::Path;
 

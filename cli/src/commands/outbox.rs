@@ -80,7 +80,7 @@ fn table(rows: &[v1::OutboxRow]) -> String {
     }
 }
 
-fn check_id(id: &str) -> anyhow::Result<()> {
+pub fn check_id(id: &str) -> anyhow::Result<()> {
     if id.len() != 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(CliError::invalid(
             "a notice id is a UUID like 0193c6f2-7a1b-7c3d-9e4f-0a1b2c3d4e5f (see `tvaers outbox list`)",

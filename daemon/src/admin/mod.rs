@@ -14,6 +14,7 @@ use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
 
 use crate::config::Site;
 use crate::peers::PeerSet;
+use crate::signing::PublicKey;
 use crate::store::Store;
 use crate::transport::tls::Fingerprint;
 use crate::{Millis, api};
@@ -21,6 +22,7 @@ use crate::{Millis, api};
 pub mod outbox;
 pub mod reload;
 pub mod status;
+pub mod verify;
 
 /// What the admin calls use.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub struct AdminState {
     pub peers: Arc<PeerSet>,
     pub listen: std::net::SocketAddr,
     pub fingerprint: Fingerprint,
+    /// Our signing key's public half, to re-check what we signed.
+    pub signing_key: PublicKey,
     pub certificate_not_after_ms: Option<Millis>,
     pub started_at_ms: Millis,
 }
@@ -83,6 +87,15 @@ impl AdminApi for AdminService {
         request: Request<v1::OutboxActionRequest>,
     ) -> Result<Response<v1::OutboxActionResponse>, Status> {
         outbox::retry(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify_notice(
+        &self,
+        request: Request<v1::VerifyNoticeRequest>,
+    ) -> Result<Response<v1::VerifyNoticeResponse>, Status> {
+        verify::verify_notice(&self.state, request.into_inner())
             .await
             .map(Response::new)
     }

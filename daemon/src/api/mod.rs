@@ -126,17 +126,46 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Binds a Unix socket with `mode`, replacing a stale socket file.
+///
+/// The socket is bound under a staging name, given its mode, and only then
+/// renamed into place, so there is no moment at which the final path
+/// accepts connections with the process's default permissions.
 pub fn bind_unix_with_mode(path: &Path, mode: u32) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    match std::fs::remove_file(path) {
+    let staging = path.with_extension("binding");
+    match std::fs::remove_file(&staging) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let listener = tokio::net::UnixListener::bind(&staging)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+    // Replaces a stale socket a crashed daemon left, in one step.
+    std::fs::rename(&staging, path)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn sockets_appear_with_their_mode_and_replace_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/admin.sock");
+        let first = bind_unix_with_mode(&path, 0o600).unwrap();
+        drop(first);
+        // The file of the dropped listener stays behind, like after a crash.
+        assert!(path.exists());
+        let _second = bind_unix_with_mode(&path, 0o600).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!path.with_extension("binding").exists());
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+    }
 }

@@ -668,6 +668,9 @@ mod tests {
         async fn probe_write(&self, _: Millis) -> Result<(), StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn inbox_by_notice(&self, _: &str) -> Result<Vec<InboxRecord>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn delivery(&self, _: &str) -> Result<Option<NoticeDelivery>, StoreError> {
             unimplemented!("not used by the driver")
         }

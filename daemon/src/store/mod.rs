@@ -203,6 +203,8 @@ pub struct InboxRecord {
     pub envelope: Vec<u8>,
     pub received_at_ms: Millis,
     pub acked_at_ms: Option<Millis>,
+    /// The receipt we answered with (a signed receipt, encoded).
+    pub receipt: Vec<u8>,
 }
 
 /// Counts for health output.
@@ -270,6 +272,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         unacked_only: bool,
     ) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// Inbox items with this notice id (one per sender that used it).
+    async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;
 
     /// Marks an inbox item acknowledged. Returns false if it already was.
     async fn ack_inbox(&self, cursor: u64, at_ms: Millis) -> Result<bool, StoreError>;

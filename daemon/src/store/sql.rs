@@ -104,6 +104,28 @@ macro_rules! sql_store {
                 })
             }
 
+            /// Columns [`inbox_record`] reads, in its order.
+            const INBOX_RECORD_SELECT: &str =
+                "SELECT cursor, sender, notice_id, envelope, received_at_ms, acked_at_ms, receipt \
+                 FROM inbox";
+
+            fn inbox_record(
+                operation: &'static str,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<InboxRecord, StoreError> {
+                let error = query_error(operation);
+                let cursor: i64 = row.try_get(0).map_err(error)?;
+                Ok(InboxRecord {
+                    cursor: parse_cursor(cursor)?,
+                    sender: row.try_get(1).map_err(error)?,
+                    notice_id: row.try_get(2).map_err(error)?,
+                    envelope: row.try_get(3).map_err(error)?,
+                    received_at_ms: row.try_get(4).map_err(error)?,
+                    acked_at_ms: row.try_get(5).map_err(error)?,
+                    receipt: row.try_get(6).map_err(error)?,
+                })
+            }
+
             /// The updates of one run of [`OutboxUpdate`]s in which no row appears
             /// twice, so they can be applied grouped by kind without changing the result
             /// of applying them one by one.
@@ -730,10 +752,8 @@ macro_rules! sql_store {
                         // identities): none lies beyond i64::MAX.
                         return Ok(Vec::new());
                     };
-                    let mut query = QueryBuilder::<$db>::new(
-                        "SELECT cursor, sender, notice_id, envelope, received_at_ms, acked_at_ms \
-                         FROM inbox WHERE cursor > ",
-                    );
+                    let mut query = QueryBuilder::<$db>::new(INBOX_RECORD_SELECT);
+                    query.push(" WHERE cursor > ");
                     query.push_bind(after);
                     if unacked_only {
                         query.push(" AND acked_at_ms IS NULL");
@@ -741,19 +761,17 @@ macro_rules! sql_store {
                     query.push(" ORDER BY cursor LIMIT ");
                     query.push_bind(i64::from(limit));
                     let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
-                    rows.iter()
-                        .map(|row: &<$db as sqlx::Database>::Row| {
-                            let cursor: i64 = row.try_get(0).map_err(error)?;
-                            Ok(InboxRecord {
-                                cursor: parse_cursor(cursor)?,
-                                sender: row.try_get(1).map_err(error)?,
-                                notice_id: row.try_get(2).map_err(error)?,
-                                envelope: row.try_get(3).map_err(error)?,
-                                received_at_ms: row.try_get(4).map_err(error)?,
-                                acked_at_ms: row.try_get(5).map_err(error)?,
-                            })
-                        })
-                        .collect()
+                    rows.iter().map(|row| inbox_record(OP, row)).collect()
+                }
+
+                async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
+                    const OP: &str = "inbox_by_notice";
+                    let mut query = QueryBuilder::<$db>::new(INBOX_RECORD_SELECT);
+                    query.push(" WHERE notice_id = ");
+                    query.push_bind(notice_id);
+                    query.push(" ORDER BY cursor");
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
+                    rows.iter().map(|row| inbox_record(OP, row)).collect()
                 }
 
                 async fn ack_inbox(&self, cursor: u64, at_ms: Millis) -> Result<bool, StoreError> {

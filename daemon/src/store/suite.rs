@@ -914,6 +914,25 @@ pub(crate) async fn large_batches(store: &dyn Store) {
 
 /// What a backend's `$make` in [`store_suite!`] may yield: a fresh store
 /// with its guard, or `None` when the case must be skipped.
+/// `inbox_by_notice` returns each sender's item with that notice id, with
+/// the receipt it was answered with.
+pub(crate) async fn inbox_by_notice_finds_every_sender_s_copy(store: &dyn Store) {
+    store
+        .accept_inbox(vec![
+            incoming("org-a", "n-1", b"receipt a"),
+            incoming("org-b", "n-1", b"receipt b"),
+            incoming("org-a", "n-2", b"receipt c"),
+        ])
+        .await
+        .unwrap();
+    let found = store.inbox_by_notice("n-1").await.unwrap();
+    let senders: Vec<&str> = found.iter().map(|r| r.sender.as_str()).collect();
+    assert_eq!(senders, ["org-a", "org-b"]);
+    assert_eq!(found[1].receipt, b"receipt b");
+    assert_eq!(found[0].envelope, incoming_envelope("org-a", "n-1"));
+    assert!(store.inbox_by_notice("n-3").await.unwrap().is_empty());
+}
+
 /// The readiness probe's write succeeds on a healthy store, again and again
 /// (it rewrites one row), and leaves notices alone.
 pub(crate) async fn probe_write_commits_repeatedly(store: &dyn Store) {
@@ -1111,6 +1130,7 @@ macro_rules! store_suite {
             list_outbox_filters_newest_first,
             reopen_outbox_only_reopens_failed_unexpired_rows,
             probe_write_commits_repeatedly,
+            inbox_by_notice_finds_every_sender_s_copy,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
