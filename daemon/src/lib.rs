@@ -3,7 +3,7 @@
 //!
 //! | step | file |
 //! |---|---|
-//! | a local system submits | [`api::submit`] |
+//! | a local system submits | [`api::submit`] (signed there, [`signing`]) |
 //! | the notice is persisted | [`store`] ([`store::sqlite`]) |
 //! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`] |
 //! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
@@ -11,8 +11,9 @@
 //! | it is read from the inbox | [`api::inbox`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
-//! turns the TOML file into typed settings; [`metrics`] is what operators
-//! scrape.
+//! turns the TOML file into typed settings; [`peers`] holds who we exchange
+//! with and applies trust changes while running; [`admin`] is what the
+//! `tvaers` CLI asks; [`metrics`] is what operators scrape.
 #![forbid(unsafe_code)]
 
 pub mod admin;
