@@ -71,6 +71,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     submitted: Family<PeerKind, Counter>,
     submit_commit: Histogram,
+    delivery: Family<PeerLabel, Histogram, fn() -> Histogram>,
     delivered: Family<PeerLabel, Counter>,
     failed: Family<PeerReason, Counter>,
     sends: Family<PeerLabel, Counter>,
@@ -106,6 +107,15 @@ impl Metrics {
             "submit_commit_seconds",
             "Time from a Submit call arriving to its notice being committed (fsynced)",
             Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+        );
+        // 1 ms .. ~33 s: a healthy peer up to a retry after an outage.
+        let delivery = registered(
+            &mut registry,
+            "delivery_seconds",
+            "Time from a notice's submit to its peer's signed receipt arriving (wall clock; retries included)",
+            Family::<PeerLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
         );
         let delivered = registered(
             &mut registry,
@@ -183,6 +193,7 @@ impl Metrics {
             registry: Arc::new(registry),
             submitted,
             submit_commit,
+            delivery,
             delivered,
             failed,
             sends,
@@ -223,6 +234,7 @@ impl Metrics {
             peer: peer.to_owned(),
             failed: self.failed.clone(),
             delivered: self.delivered.get_or_create(&label).clone(),
+            delivery: self.delivery.get_or_create(&label).clone(),
             sends: self.sends.get_or_create(&label).clone(),
             send_failures: self.send_failures.get_or_create(&label).clone(),
         }
@@ -316,6 +328,7 @@ pub struct PeerMetrics {
     peer: String,
     failed: Family<PeerReason, Counter>,
     delivered: Counter,
+    delivery: Histogram,
     sends: Counter,
     send_failures: Counter,
 }
@@ -329,8 +342,10 @@ impl PeerMetrics {
         self.send_failures.inc();
     }
 
-    pub fn delivered(&self) {
+    /// A receipt accepted the notice; `took` is from its submit.
+    pub fn delivered(&self, took: Duration) {
         self.delivered.inc();
+        self.delivery.observe(took.as_secs_f64());
     }
 
     /// A notice failed for good; `reason` is the peer's reason code or

@@ -293,7 +293,11 @@ impl PeerSet {
         for row in rows {
             // Order is per citizen; a row whose CPR does not parse (it was
             // checked at submit, so only a damaged row) is ordered on its own.
-            let citizen = tvaers_proto::open_envelope(&row.envelope)
+            let envelope = tvaers_proto::open_envelope(&row.envelope);
+            let created_at_ms = envelope
+                .as_ref()
+                .map_or(row.next_attempt_at_ms, |e| e.created_at_ms);
+            let citizen = envelope
                 .and_then(|e| e.notice)
                 .and_then(|n| Cpr::parse(&n.citizen_cpr).ok())
                 .map_or(row.seq as u64, |cpr| self.context.citizens.key(&cpr));
@@ -306,6 +310,7 @@ impl PeerSet {
                     not_before_ms: row.next_attempt_at_ms,
                 },
                 row.envelope,
+                created_at_ms,
             );
         }
     }

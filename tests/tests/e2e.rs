@@ -965,6 +965,17 @@ async fn metrics_follow_a_backlog_to_a_stopped_peer_until_it_drains() {
         metric(&text, "tvaers_peer_rtt_seconds", &peer) > 0.0,
         "{text}"
     );
+    // Every delivered notice has its submit-to-receipt time in the histogram,
+    // and these waited for the stopped peer, so they took a while.
+    assert_eq!(
+        metric(&text, "tvaers_delivery_seconds_count", &peer),
+        N as f64,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tvaers_delivery_seconds_sum", &peer) > 0.0,
+        "{text}"
+    );
     assert_eq!(http_get(receiver, "/readyz").await.unwrap().0, 200);
     assert_eq!(http_get(receiver, "/nowhere").await.unwrap().0, 404);
 

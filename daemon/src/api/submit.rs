@@ -122,6 +122,7 @@ pub async fn submit(
                             not_before_ms: created_at_ms,
                         },
                         item.envelope,
+                        created_at_ms,
                     );
                 }
             }

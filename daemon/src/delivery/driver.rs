@@ -84,7 +84,7 @@ pub struct DriverSettings {
 /// Messages into a driver task.
 #[derive(Debug)]
 enum Input {
-    Enqueue(Pending, Arc<Vec<u8>>),
+    Enqueue(Pending, Arc<Vec<u8>>, Millis),
     Connected(u64, quinn::Connection),
     ConnectFailed(String),
     Disconnected(u64, String),
@@ -135,11 +135,12 @@ impl PeerDriver {
         (PeerDriver { inputs, health }, handle)
     }
 
-    /// Hands a stored outbox row to the driver.
-    pub fn enqueue(&self, pending: Pending, envelope: Vec<u8>) {
+    /// Hands a stored outbox row to the driver; `created_at_ms` is when its
+    /// notice was submitted (for the delivery latency metric).
+    pub fn enqueue(&self, pending: Pending, envelope: Vec<u8>, created_at_ms: Millis) {
         let _ = self
             .inputs
-            .send(Input::Enqueue(pending, Arc::new(envelope)));
+            .send(Input::Enqueue(pending, Arc::new(envelope), created_at_ms));
     }
 
     /// Gives up on a queued outbox row (recorded as failed with `reason`).
@@ -173,7 +174,8 @@ struct Task {
     store: Arc<dyn Store>,
     inputs: mpsc::UnboundedSender<Input>,
     health: Arc<Mutex<PeerHealth>>,
-    envelopes: HashMap<i64, Arc<Vec<u8>>>,
+    /// Signed envelopes held for sending, with their submit time.
+    envelopes: HashMap<i64, (Arc<Vec<u8>>, Millis)>,
     receipts: HashMap<i64, Reply>,
     connection: Option<(u64, quinn::Connection)>,
     /// Failed dials and lost connections so far: picks the next address.
@@ -250,8 +252,9 @@ impl Task {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Enqueue(pending, envelope) => {
-                self.envelopes.insert(pending.seq, envelope);
+            Input::Enqueue(pending, envelope, created_at_ms) => {
+                self.envelopes
+                    .insert(pending.seq, (envelope, created_at_ms));
                 self.feed(Event::Enqueued(pending));
             }
             Input::Connected(generation, connection) => {
@@ -315,13 +318,15 @@ impl Task {
                 self.updates.push(OutboxUpdate::InFlight { seq, attempts });
             }
             Action::Delivered { seq } => {
-                self.envelopes.remove(&seq);
+                let created_at_ms = self.envelopes.remove(&seq).map(|(_, at)| at);
                 let stored = self
                     .receipts
                     .remove(&seq)
                     .map(|reply| reply.stored)
                     .unwrap_or_default();
-                self.metrics.delivered();
+                let took = created_at_ms.map_or(0, |at| (now_ms() - at).max(0));
+                self.metrics
+                    .delivered(Duration::from_millis(u64::try_from(took).unwrap_or(0)));
                 self.updates.push(OutboxUpdate::Delivered {
                     seq,
                     receipt: stored,
@@ -409,7 +414,8 @@ impl Task {
     }
 
     fn send(&mut self, seq: i64) {
-        let (Some((_, connection)), Some(envelope)) = (&self.connection, self.envelopes.get(&seq))
+        let (Some((_, connection)), Some((envelope, _))) =
+            (&self.connection, self.envelopes.get(&seq))
         else {
             let _ = self.inputs.send(Input::Replied(
                 seq,
@@ -763,14 +769,14 @@ mod tests {
             ..OutcomeStore::default()
         });
         let (_dir, driver, shutdown, task) = driver(store.clone());
-        driver.enqueue(expired(1), Vec::new());
+        driver.enqueue(expired(1), Vec::new(), 0);
         settle().await;
         // The write of seq 1's outcome is held at the gate; a new row due
         // later must still reach the machine meanwhile.
         let mut later = expired(2);
         later.expires_at_ms = now_ms() + 7_200_000;
         later.not_before_ms = now_ms() + 3_600_000;
-        driver.enqueue(later, Vec::new());
+        driver.enqueue(later, Vec::new(), 0);
         settle().await;
         assert_eq!(
             driver.health().queued,
@@ -791,10 +797,10 @@ mod tests {
             ..OutcomeStore::default()
         });
         let (_dir, driver, shutdown, task) = driver(store.clone());
-        driver.enqueue(expired(1), Vec::new());
-        driver.enqueue(expired(2), Vec::new());
+        driver.enqueue(expired(1), Vec::new(), 0);
+        driver.enqueue(expired(2), Vec::new(), 0);
         settle().await;
-        driver.enqueue(expired(3), Vec::new());
+        driver.enqueue(expired(3), Vec::new(), 0);
         settle().await;
         // Paused after the failure: nothing written yet.
         assert_eq!(store.attempts.lock().unwrap().len(), 1);
