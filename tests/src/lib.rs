@@ -426,73 +426,12 @@ pub fn free_port() -> Result<u16> {
 pub fn daemon_binary() -> Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
-        .get_or_init(|| find_or_build_daemon().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            find_or_build_binary("tvaers-daemon", "tvaersd", "TVAERSD_BIN")
+                .map_err(|e| format!("{e:#}"))
+        })
         .clone()
         .map_err(|e| anyhow!(e))
-}
-
-fn find_or_build_daemon() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("TVAERSD_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    // target/<profile>/tvaers-demo or target/<profile>/deps/<test>-<hash>
-    let profile_dir = exe
-        .ancestors()
-        .skip(1)
-        .find(|dir| dir.file_name().is_some_and(|n| n != "deps"))
-        .ok_or_else(|| {
-            anyhow!(
-                "cannot locate the cargo target directory from {}",
-                exe.display()
-            )
-        })?;
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        "tvaers-daemon",
-        "--bin",
-        "tvaersd",
-    ]);
-    if release {
-        build.arg("--release");
-    }
-    if let Some(target_dir) = profile_dir.parent() {
-        build.arg("--target-dir").arg(target_dir);
-    }
-    // Cargo gives test processes variables such as CARGO_MANIFEST_DIR; some
-    // build scripts track them, so passing them on would rebuild the whole
-    // dependency tree here and again in the next outer build.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let per_crate = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-            "CARGO_TARGET_TMPDIR",
-        ];
-        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
-            build.env_remove(name.as_ref());
-        }
-    }
-    let status = build
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("cannot run cargo to build tvaersd")?;
-    if !status.success() {
-        bail!("building tvaersd failed ({status})");
-    }
-    let binary = profile_dir.join("tvaersd");
-    if !binary.exists() {
-        bail!("tvaersd was built but is not at {}", binary.display());
-    }
-    Ok(binary)
 }
 
 /// The `tvaers` admin CLI binary of this build, built first if needed
@@ -515,6 +454,7 @@ pub fn find_or_build_binary(package: &str, bin: &str, env_override: &str) -> Res
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
+    // target/<profile>/tvaers-demo or target/<profile>/deps/<test>-<hash>
     let profile_dir = exe
         .ancestors()
         .skip(1)
@@ -535,8 +475,9 @@ pub fn find_or_build_binary(package: &str, bin: &str, env_override: &str) -> Res
     if let Some(target_dir) = profile_dir.parent() {
         build.arg("--target-dir").arg(target_dir);
     }
-    // As in `find_or_build_daemon`: per-crate cargo variables would make
-    // build scripts rebuild the dependency tree.
+    // Cargo gives test processes variables such as CARGO_MANIFEST_DIR; some
+    // build scripts track them, so passing them on would rebuild the whole
+    // dependency tree here and again in the next outer build.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         let per_crate = [
