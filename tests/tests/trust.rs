@@ -27,6 +27,12 @@ async fn state_of(client: &Client, notice_id: &str) -> (DeliveryState, String) {
     )
 }
 
+/// Waits until the notice is delivered to all its recipients.
+async fn assert_delivered(client: &Client, notice_id: &str) {
+    let status = client.wait_delivered(notice_id, WAIT).await.unwrap();
+    assert!(status.all_delivered(), "{status:?}");
+}
+
 /// Polls until `check` holds (for effects that travel between processes).
 async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -57,13 +63,7 @@ async fn revoking_a_peer_fails_its_outbox_drops_its_connections_and_can_be_undon
 
     // Connected both ways first.
     let first = psychiatry.submit(admission("a1", kommune)).await.unwrap();
-    assert!(
-        psychiatry
-            .wait_delivered(&first.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&psychiatry, &first.notice_id).await;
     let back = municipality
         .submit(
             Submission::new(sample::no_show(CPR))
@@ -72,13 +72,7 @@ async fn revoking_a_peer_fails_its_outbox_drops_its_connections_and_can_be_undon
         )
         .await
         .unwrap();
-    assert!(
-        municipality
-            .wait_delivered(&back.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&municipality, &back.notice_id).await;
     let admin_psyk = sites.admin(psyk).await.unwrap();
     let status = admin_psyk.status().await.unwrap();
     let peer = status.peers.iter().find(|p| p.org_id == kommune).unwrap();
@@ -132,13 +126,7 @@ async fn revoking_a_peer_fails_its_outbox_drops_its_connections_and_can_be_undon
         )
         .await
         .unwrap();
-    assert!(
-        municipality
-            .wait_delivered(&again.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&municipality, &again.notice_id).await;
 
     // The failed notice can be retried by the operator and then arrives.
     let retried = admin_psyk
@@ -147,13 +135,7 @@ async fn revoking_a_peer_fails_its_outbox_drops_its_connections_and_can_be_undon
         .unwrap();
     assert_eq!(retried.changed.len(), 1, "{retried:?}");
     assert_eq!(retried.changed[0].kind, "admission");
-    assert!(
-        psychiatry
-            .wait_delivered(&queued.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&psychiatry, &queued.notice_id).await;
     let notice_ids: Vec<String> = municipality
         .list_inbox(0, 100)
         .await
@@ -178,13 +160,7 @@ async fn revocation_drops_a_live_connection_at_once() {
     sites.start_all().await.unwrap();
     let psychiatry = sites.client(psyk).await.unwrap();
     let sent = psychiatry.submit(admission("a1", kommune)).await.unwrap();
-    assert!(
-        psychiatry
-            .wait_delivered(&sent.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&psychiatry, &sent.notice_id).await;
     let admin_psyk = sites.admin(psyk).await.unwrap();
     let connected = async || {
         let status = admin_psyk.status().await.unwrap();
@@ -266,13 +242,7 @@ async fn cancel_gives_up_on_a_queued_notice_and_status_reports_it() {
     // Nothing of the cancelled notice reaches the peer when it comes up.
     sites.start(kommune).await.unwrap();
     let after = psychiatry.submit(admission("a2", kommune)).await.unwrap();
-    assert!(
-        psychiatry
-            .wait_delivered(&after.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&psychiatry, &after.notice_id).await;
     let inbox = sites
         .client(kommune)
         .await
@@ -306,11 +276,7 @@ async fn a_peer_with_several_addresses_is_reached_on_the_one_that_answers() {
     sites.start_all().await.unwrap();
     let psychiatry = sites.client(psyk).await.unwrap();
     let sent = psychiatry.submit(admission("a1", kommune)).await.unwrap();
-    let status = psychiatry
-        .wait_delivered(&sent.notice_id, WAIT)
-        .await
-        .unwrap();
-    assert!(status.all_delivered(), "{status:?}");
+    assert_delivered(&psychiatry, &sent.notice_id).await;
     let inbox = sites
         .client(kommune)
         .await
@@ -329,13 +295,7 @@ async fn verify_rechecks_both_signatures_on_both_sides_and_finds_tampering() {
     sites.start_all().await.unwrap();
     let psychiatry = sites.client(psyk).await.unwrap();
     let sent = psychiatry.submit(admission("a1", kommune)).await.unwrap();
-    assert!(
-        psychiatry
-            .wait_delivered(&sent.notice_id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    assert_delivered(&psychiatry, &sent.notice_id).await;
 
     let cli = tvaers_e2e::cli_binary().unwrap();
     let verify = |org: &str| {
