@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminService, AdminState};
 use crate::api::{self, ApiState, LocalApiService};
+use crate::audit::AuditKeys;
 use crate::batch::GroupCommit;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::CitizenKeys;
@@ -84,6 +85,20 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), DaemonError> {
+    let signing_key_path = config
+        .site
+        .signing_key
+        .as_ref()
+        .ok_or(DaemonError::NoSigningKey)?;
+    let signing_key = Arc::new(SigningKey::load(signing_key_path)?);
+    // TEMPORARY: derived from the signing key file until the store's data
+    // key exists.
+    let audit_keys = AuditKeys::derive(&std::fs::read(signing_key_path).map_err(|source| {
+        DaemonError::DataDir {
+            path: signing_key_path.display().to_string(),
+            source,
+        }
+    })?);
     let store: Arc<dyn Store> = match &config.store {
         StoreConfig::Sqlite { path } => {
             if let Some(dir) = path.parent() {
@@ -92,7 +107,9 @@ pub async fn run(
                     source,
                 })?;
             }
-            Arc::new(SqliteStore::open(path).await?)
+            let mut store = SqliteStore::open(path).await?;
+            store.set_audit_key(audit_keys.chain.clone());
+            Arc::new(store)
         }
         StoreConfig::Postgres {
             url,
@@ -104,16 +121,14 @@ pub async fn run(
                 max_connections,
                 "opening the PostgreSQL store"
             );
-            Arc::new(PostgresStore::open(url, *max_connections).await?)
+            let mut store = PostgresStore::open(url, *max_connections).await?;
+            store.set_audit_key(audit_keys.chain.clone());
+            Arc::new(store)
         }
     };
     let started_at_ms = crate::now_ms();
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
     let certificate_not_after_ms = identity.not_after_ms();
-    let signing_key = Arc::new(match &config.site.signing_key {
-        Some(path) => SigningKey::load(path)?,
-        None => return Err(DaemonError::NoSigningKey),
-    });
     // PeerSet::start pins the configured peers.
     let trust = TrustStore::default();
     let endpoint = Endpoint::bind(
@@ -184,6 +199,8 @@ pub async fn run(
         max_clock_skew_ms: config.delivery.max_clock_skew_ms,
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
+        store: store.clone(),
+        citizen_refs: audit_keys.citizens.clone(),
         newest_cursor,
         metrics: metrics.clone(),
     });
@@ -216,6 +233,7 @@ pub async fn run(
         submits,
         peers: peers.clone(),
         citizens,
+        citizen_refs: audit_keys.citizens.clone(),
         default_ttl_ms: i64::try_from(config.delivery.ttl_seconds * 1000).unwrap_or(i64::MAX / 2),
         newest_cursor: newest_cursor_rx,
         shutdown: shutdown.clone(),

@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tvaers_proto::v1;
 
+use crate::audit::{AuditAction, AuditEvent, CitizenHasher, CitizenRef};
 use crate::batch::GroupCommit;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::peers::PeerSet;
 use crate::signing::{OpenError, SigningKey};
-use crate::store::{AcceptOutcome, IncomingNotice};
+use crate::store::{AcceptOutcome, IncomingNotice, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
 
@@ -54,6 +55,9 @@ pub struct Receiver {
     pub signing_key: Arc<SigningKey>,
     pub max_frame_bytes: u32,
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
+    /// Where rejections are recorded (see [`crate::audit`]).
+    pub store: Arc<dyn Store>,
+    pub citizen_refs: CitizenHasher,
     /// The highest inbox cursor stored, for waking inbox streams.
     pub newest_cursor: watch::Sender<u64>,
     pub metrics: Metrics,
@@ -182,17 +186,30 @@ impl Receiver {
         let _ = send.stopped().await;
     }
 
-    /// Logs, counts and signs a permanent rejection.
-    fn refuse(
+    /// Logs, counts, audits and signs a permanent rejection.
+    async fn refuse(
         &self,
         peer: &str,
         notice_id: &str,
         kind: &str,
+        citizen: Option<CitizenRef>,
         code: &'static str,
         text: String,
     ) -> v1::SignedReceipt {
         tracing::warn!(%peer, %notice_id, kind, reason = code, detail = %text, "rejected a notice");
         self.metrics.inbox_rejected(peer, code);
+        let mut event = AuditEvent::new(now_ms(), format!("peer {peer}"), AuditAction::Rejected)
+            .peer(peer)
+            .citizen(citizen)
+            .detail(format!("{code}: {kind}"));
+        if !notice_id.is_empty() {
+            event = event.notice(notice_id);
+        }
+        // The rejection stands whether or not it could be recorded: a store
+        // that cannot write would fail the accept path too.
+        if let Err(error) = self.store.record_audit(vec![event]).await {
+            tracing::error!(%peer, %notice_id, %error, "could not record a rejection in the audit log");
+        }
         self.signing_key
             .sign_receipt(&rejection(&self.org_id, notice_id, code, text))
     }
@@ -201,56 +218,68 @@ impl Receiver {
         let signed = match request.body {
             Some(v1::peer_request::Body::SignedNotice(signed)) => signed,
             Some(v1::peer_request::Body::Notice(_)) => {
-                return self.refuse(
-                    peer,
-                    "",
-                    "none",
-                    reason::SIGNATURE_MISSING,
-                    "the notice is not signed: every envelope must be signed by its sender".into(),
-                );
+                return self
+                    .refuse(
+                        peer,
+                        "",
+                        "none",
+                        None,
+                        reason::SIGNATURE_MISSING,
+                        "the notice is not signed: every envelope must be signed by its sender"
+                            .into(),
+                    )
+                    .await;
             }
             None => {
-                return self.refuse(
-                    peer,
-                    "",
-                    "none",
-                    reason::MALFORMED,
-                    "request carries no notice".into(),
-                );
+                return self
+                    .refuse(
+                        peer,
+                        "",
+                        "none",
+                        None,
+                        reason::MALFORMED,
+                        "request carries no notice".into(),
+                    )
+                    .await;
             }
         };
         // Nothing is decoded, let alone stored, before the signature holds.
         let Some(key) = self.peers.signing_key(peer) else {
-            return self.refuse(
-                peer,
-                "",
-                "none",
+            return self.refuse(peer, "", "none", None,
                 reason::UNKNOWN_SIGNING_KEY,
                 format!(
                     "{} has no signing key pinned for {peer}: its operator must add {peer}'s card (`tvaers peer add`)",
                     self.org_id
                 ),
-            );
+            ).await;
         };
         let envelope = match key.open_envelope(&signed) {
             Ok(envelope) => envelope,
             Err(OpenError::BadSignature) => {
-                return self.refuse(
-                    peer,
-                    "",
-                    "none",
-                    reason::BAD_SIGNATURE,
-                    format!("the envelope's signature does not match {peer}'s pinned key {key}"),
-                );
+                return self
+                    .refuse(
+                        peer,
+                        "",
+                        "none",
+                        None,
+                        reason::BAD_SIGNATURE,
+                        format!(
+                            "the envelope's signature does not match {peer}'s pinned key {key}"
+                        ),
+                    )
+                    .await;
             }
             Err(OpenError::Malformed) => {
-                return self.refuse(
-                    peer,
-                    "",
-                    "none",
-                    reason::MALFORMED,
-                    "the signed bytes are not an Envelope".into(),
-                );
+                return self
+                    .refuse(
+                        peer,
+                        "",
+                        "none",
+                        None,
+                        reason::MALFORMED,
+                        "the signed bytes are not an Envelope".into(),
+                    )
+                    .await;
             }
         };
         let notice_id = envelope.notice_id.clone();
@@ -258,54 +287,83 @@ impl Receiver {
             .notice
             .as_ref()
             .map_or("none", v1::Notice::kind_name);
-        let reject =
-            |code: &'static str, text: String| self.refuse(peer, &notice_id, kind, code, text);
+        let citizen = envelope
+            .notice
+            .as_ref()
+            .map(|notice| self.citizen_refs.reference(&notice.citizen_cpr));
         if envelope.sender != peer {
-            return reject(
-                reason::SENDER_MISMATCH,
-                format!(
-                    "envelope names sender {:?} but the connection is authenticated as {peer}",
-                    envelope.sender
-                ),
-            );
+            return self
+                .refuse(
+                    peer,
+                    &notice_id,
+                    kind,
+                    citizen.clone(),
+                    reason::SENDER_MISMATCH,
+                    format!(
+                        "envelope names sender {:?} but the connection is authenticated as {peer}",
+                        envelope.sender
+                    ),
+                )
+                .await;
         }
         if envelope.recipient != self.org_id {
-            return reject(
-                reason::WRONG_RECIPIENT,
-                format!(
-                    "envelope is addressed to {:?}, this is {}",
-                    envelope.recipient, self.org_id
-                ),
-            );
+            return self
+                .refuse(
+                    peer,
+                    &notice_id,
+                    kind,
+                    citizen.clone(),
+                    reason::WRONG_RECIPIENT,
+                    format!(
+                        "envelope is addressed to {:?}, this is {}",
+                        envelope.recipient, self.org_id
+                    ),
+                )
+                .await;
         }
         if let Err(error) = tvaers_proto::validate::envelope(&envelope) {
-            return reject(reason::INVALID_FIELD, error.to_string());
+            return self
+                .refuse(
+                    peer,
+                    &notice_id,
+                    kind,
+                    citizen.clone(),
+                    reason::INVALID_FIELD,
+                    error.to_string(),
+                )
+                .await;
         }
         if !self.peers.may_send(peer, kind) {
-            return reject(
+            return self.refuse(peer, &notice_id, kind, citizen.clone(),
                 reason::KIND_NOT_ALLOWED,
                 format!(
                     "{peer} may not send {kind} notices to {}: its operator can allow it with `may_send` in the [[peers]] entry",
                     self.org_id
                 ),
-            );
+            ).await;
         }
         let now = now_ms();
         if envelope.created_at_ms > now + self.max_clock_skew_ms {
-            return reject(
+            return self.refuse(peer, &notice_id, kind, citizen.clone(),
                 reason::CLOCK_SKEW,
                 format!(
                     "the notice was created {} s in the future, more than the allowed {} s: check the sender's clock (NTP)",
                     (envelope.created_at_ms - now) / 1000,
                     self.max_clock_skew_ms / 1000
                 ),
-            );
+            ).await;
         }
         if envelope.expires_at_ms <= now {
-            return reject(
-                reason::EXPIRED,
-                "the notice's time to live has passed".into(),
-            );
+            return self
+                .refuse(
+                    peer,
+                    &notice_id,
+                    kind,
+                    citizen.clone(),
+                    reason::EXPIRED,
+                    "the notice's time to live has passed".into(),
+                )
+                .await;
         }
 
         let accepted = v1::Receipt {
@@ -324,6 +382,7 @@ impl Receiver {
             envelope: signed.encode_to_vec(),
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
+            citizen,
         };
         match self.inbox.run(incoming).await {
             Ok(outcome) => {

@@ -10,6 +10,7 @@ use tonic::Status;
 use tvaers_proto::v1;
 
 use super::ApiState;
+use crate::audit::{AuditAction, AuditEvent};
 use crate::now_ms;
 use crate::store::{InboxRecord, StoreError};
 
@@ -33,9 +34,39 @@ fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
     })
 }
 
+/// Records that `actor` read `items`, before they are handed out: an item
+/// whose read cannot be recorded is not shown.
+async fn record_reads(
+    state: &ApiState,
+    actor: &str,
+    items: &[v1::InboxItem],
+) -> Result<(), Status> {
+    let at_ms = now_ms();
+    let events = items
+        .iter()
+        .filter_map(|item| item.envelope.as_ref())
+        .map(|envelope| {
+            let citizen = envelope
+                .notice
+                .as_ref()
+                .map(|notice| state.citizen_refs.reference(&notice.citizen_cpr));
+            AuditEvent::new(at_ms, actor, AuditAction::InboxRead)
+                .notice(envelope.notice_id.as_str())
+                .peer(envelope.sender.as_str())
+                .citizen(citizen)
+        })
+        .collect();
+    state
+        .store
+        .record_audit(events)
+        .await
+        .map_err(|e| super::internal("inbox read", e))
+}
+
 pub async fn list(
     state: &ApiState,
     request: v1::ListInboxRequest,
+    actor: String,
 ) -> Result<v1::ListInboxResponse, Status> {
     let limit = match request.limit {
         0 => PAGE,
@@ -46,13 +77,15 @@ pub async fn list(
         .inbox_after(request.after_cursor, limit, request.unacked_only)
         .await
         .map_err(|e| super::internal("inbox list", e))?;
-    let items = records.into_iter().map(item).collect::<Result<_, _>>()?;
+    let items: Vec<v1::InboxItem> = records.into_iter().map(item).collect::<Result<_, _>>()?;
+    record_reads(state, &actor, &items).await?;
     Ok(v1::ListInboxResponse { items })
 }
 
 pub fn stream(
     state: std::sync::Arc<ApiState>,
     request: v1::StreamInboxRequest,
+    actor: String,
 ) -> impl Stream<Item = Result<v1::InboxItem, Status>> + Send {
     let (items, out) = tokio::sync::mpsc::channel(PAGE as usize);
     tokio::spawn(async move {
@@ -70,9 +103,21 @@ pub fn stream(
                 }
             };
             let full = page.len() == PAGE as usize;
-            for record in page {
-                cursor = record.cursor;
-                if items.send(item(record)).await.is_err() {
+            let page: Result<Vec<v1::InboxItem>, Status> = page.into_iter().map(item).collect();
+            let page = match page {
+                Ok(page) => page,
+                Err(status) => {
+                    let _ = items.send(Err(status)).await;
+                    return;
+                }
+            };
+            if let Err(status) = record_reads(&state, &actor, &page).await {
+                let _ = items.send(Err(status)).await;
+                return;
+            }
+            for read in page {
+                cursor = read.cursor;
+                if items.send(Ok(read)).await.is_err() {
                     return; // the caller went away
                 }
             }
@@ -92,8 +137,13 @@ pub fn stream(
 pub async fn ack(
     state: &ApiState,
     request: v1::AckInboxRequest,
+    actor: String,
 ) -> Result<v1::AckInboxResponse, Status> {
-    match state.store.ack_inbox(request.cursor, now_ms()).await {
+    match state
+        .store
+        .ack_inbox(request.cursor, now_ms(), &actor)
+        .await
+    {
         Ok(newly_acked) => Ok(v1::AckInboxResponse { newly_acked }),
         Err(StoreError::NoSuchInboxItem(cursor)) => Err(Status::not_found(format!(
             "no inbox item with cursor {cursor}"

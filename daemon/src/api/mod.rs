@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use tvaers_proto::v1;
 use tvaers_proto::v1::local_api_server::{LocalApi, LocalApiServer};
 
+use crate::audit::CitizenHasher;
 use crate::batch::GroupCommit;
 use crate::delivery::CitizenKeys;
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub signing_key: Arc<SigningKey>,
     pub peers: Arc<PeerSet>,
     pub citizens: CitizenKeys,
+    /// Turns CPR numbers into the keyed references the audit log keeps.
+    pub citizen_refs: CitizenHasher,
     pub default_ttl_ms: i64,
     pub newest_cursor: watch::Receiver<u64>,
     pub shutdown: CancellationToken,
@@ -66,7 +69,8 @@ impl LocalApi for LocalApiService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
-        submit::submit(&self.state, request.into_inner())
+        let actor = actor("api", &request);
+        submit::submit(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -85,7 +89,8 @@ impl LocalApi for LocalApiService {
         &self,
         request: Request<v1::ListInboxRequest>,
     ) -> Result<Response<v1::ListInboxResponse>, Status> {
-        inbox::list(&self.state, request.into_inner())
+        let actor = actor("api", &request);
+        inbox::list(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }
@@ -96,7 +101,8 @@ impl LocalApi for LocalApiService {
         &self,
         request: Request<v1::StreamInboxRequest>,
     ) -> Result<Response<Self::StreamInboxStream>, Status> {
-        let stream = inbox::stream(self.state.clone(), request.into_inner());
+        let actor = actor("api", &request);
+        let stream = inbox::stream(self.state.clone(), request.into_inner(), actor);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -104,10 +110,47 @@ impl LocalApi for LocalApiService {
         &self,
         request: Request<v1::AckInboxRequest>,
     ) -> Result<Response<v1::AckInboxResponse>, Status> {
-        inbox::ack(&self.state, request.into_inner())
+        let actor = actor("api", &request);
+        inbox::ack(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }
+}
+
+/// The metadata key a calling system may name its signed-in staff user
+/// under, so the audit log says who read or handled an item.
+pub const USER_HEADER: &str = "x-tvaers-user";
+
+/// Who is calling, for the audit log: `role` and the Unix user id of the
+/// process at the other end of the socket (told by the kernel, not by the
+/// caller) or the TCP address, then the staff user the caller names in
+/// [`USER_HEADER`], if any (kept to 64 plain characters).
+pub(crate) fn actor<T>(role: &str, request: &Request<T>) -> String {
+    let mut actor = role.to_owned();
+    let uds = request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|info| info.peer_cred);
+    if let Some(cred) = uds {
+        actor.push_str(&format!(" uid={}", cred.uid()));
+    } else if let Some(addr) = request.remote_addr() {
+        actor.push_str(&format!(" tcp={addr}"));
+    }
+    if let Some(user) = request
+        .metadata()
+        .get(USER_HEADER)
+        .and_then(|value| value.to_str().ok())
+    {
+        let user: String = user
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-@".contains(*c))
+            .take(64)
+            .collect();
+        if !user.is_empty() {
+            actor.push_str(&format!(" user={user}"));
+        }
+    }
+    actor
 }
 
 /// Maps a store failure to a gRPC status without leaking details a caller

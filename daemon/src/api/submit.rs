@@ -48,6 +48,7 @@ impl From<SubmitError> for Status {
 pub async fn submit(
     state: &ApiState,
     request: v1::SubmitRequest,
+    actor: String,
 ) -> Result<v1::SubmitResponse, SubmitError> {
     let arrived = std::time::Instant::now();
     let cpr = validate::submit_request(&request)?;
@@ -101,6 +102,8 @@ pub async fn submit(
             created_at_ms,
             expires_at_ms,
             recipients: recipients.clone(),
+            actor,
+            citizen: Some(state.citizen_refs.reference(cpr.digits())),
         })
         .await?;
 

@@ -694,7 +694,16 @@ mod tests {
         ) -> Result<Vec<InboxRecord>, StoreError> {
             unimplemented!("not used by the driver")
         }
-        async fn ack_inbox(&self, _: u64, _: Millis) -> Result<bool, StoreError> {
+        async fn ack_inbox(&self, _: u64, _: Millis, _: &str) -> Result<bool, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn record_audit(&self, _: Vec<crate::audit::AuditEvent>) -> Result<(), StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn audit_entries(
+            &self,
+            _: crate::audit::AuditQuery,
+        ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn counts(&self) -> Result<StoreCounts, StoreError> {

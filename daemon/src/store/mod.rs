@@ -10,6 +10,7 @@
 //! shared suite in [`suite`].
 
 use crate::Millis;
+use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
 
 pub mod postgres;
 mod sql;
@@ -38,6 +39,8 @@ pub enum StoreError {
     NoSuchInboxItem(u64),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("the store has no audit chain key: it cannot record the audit entry a write needs")]
+    NoAuditKey,
 }
 
 /// Delivery state of one (notice, recipient) row of the outbox.
@@ -81,6 +84,9 @@ pub struct NewNotice {
     pub created_at_ms: Millis,
     pub expires_at_ms: Millis,
     pub recipients: Vec<NewOutboxItem>,
+    /// Who submitted it, for the audit entry (see [`crate::audit`]).
+    pub actor: String,
+    pub citizen: Option<CitizenRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +188,8 @@ pub struct IncomingNotice {
     pub received_at_ms: Millis,
     /// The encoded `tvaers.v1.Receipt` to store and answer with.
     pub receipt: Vec<u8>,
+    /// Whom the notice is about, for the audit entry.
+    pub citizen: Option<CitizenRef>,
 }
 
 /// What [`Store::accept_inbox`] did with one [`IncomingNotice`].
@@ -228,6 +236,10 @@ pub struct OpenOutbox {
 
 /// Durable storage for one organisation. Every write is committed (and, on
 /// SQLite, fsynced) before the method returns.
+///
+/// Writes that change what happened to a notice (submit, outbox updates,
+/// inbox accepts and acks) append their audit entries (see [`crate::audit`])
+/// in the same transaction.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores notices and their outbox rows in one transaction, deduplicated
@@ -276,8 +288,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Inbox items with this notice id (one per sender that used it).
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;
 
-    /// Marks an inbox item acknowledged. Returns false if it already was.
-    async fn ack_inbox(&self, cursor: u64, at_ms: Millis) -> Result<bool, StoreError>;
+    /// Marks an inbox item acknowledged by `actor`. Returns false if it
+    /// already was.
+    async fn ack_inbox(&self, cursor: u64, at_ms: Millis, actor: &str) -> Result<bool, StoreError>;
+
+    /// Appends audit entries for events that change nothing else (reads,
+    /// rejections, operator actions), in one transaction.
+    async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
+
+    /// Audit entries matching `query`, in sequence order.
+    async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Counts for status output.
     async fn counts(&self) -> Result<StoreCounts, StoreError>;

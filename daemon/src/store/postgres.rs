@@ -34,6 +34,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 
 use super::StoreError;
 use super::sql::query_error;
+use crate::audit::ChainKey;
 
 /// Bind parameters per statement. The protocol allows 65,535; a smaller
 /// chunk keeps each statement's text modest while a 1,000-row batch still
@@ -51,6 +52,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Computes the audit chain's MACs; writes that need an audit entry
+    /// fail until it is set.
+    audit_key: Option<ChainKey>,
 }
 
 impl PostgresStore {
@@ -98,7 +102,26 @@ impl PostgresStore {
             pool.close().await;
             return Err(error.into());
         }
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            audit_key: None,
+        })
+    }
+
+    /// Sets the key the audit chain is computed with (see [`crate::audit`]).
+    pub fn set_audit_key(&mut self, key: ChainKey) {
+        self.audit_key = Some(key);
+    }
+
+    /// Takes the audit table's write lock until `tx` ends, so two writers
+    /// (two transactions, or two daemon instances) never append after the
+    /// same entry. Readers are not blocked.
+    async fn lock_audit(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+        sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+            .map_err(query_error("lock_audit"))
     }
 
     /// Starts a write transaction.
@@ -190,9 +213,11 @@ mod tests {
 
         /// A store in this schema.
         async fn open(&self) -> PostgresStore {
-            PostgresStore::open_in(&self.url, 4, Some(&self.name), ACQUIRE_TIMEOUT)
+            let mut store = PostgresStore::open_in(&self.url, 4, Some(&self.name), ACQUIRE_TIMEOUT)
                 .await
-                .expect("open the store in the test schema")
+                .expect("open the store in the test schema");
+            store.set_audit_key(crate::audit::test_chain_key());
+            store
         }
     }
 
@@ -262,7 +287,7 @@ mod tests {
             .expect("accept");
         assert!(
             store
-                .ack_inbox(accepted[0].cursor, 3_000)
+                .ack_inbox(accepted[0].cursor, 3_000, "api uid=1000")
                 .await
                 .expect("ack")
         );

@@ -11,11 +11,14 @@
 //! backend's placeholder syntax.
 //!
 //! A backend provides a type with a `pool` field (its `sqlx::Pool`, for
-//! reads), an inherent `async fn begin_write(&self, operation: &'static str)
-//! -> Result<Transaction<'static, DB>, StoreError>` that opens a write
-//! transaction the way that backend needs (every write goes through it), an
-//! inherent `async fn close_pools(&self)`, and its parameter limit per
-//! statement.
+//! reads) and an `audit_key: Option<ChainKey>` field, an inherent `async fn
+//! begin_write(&self, operation: &'static str) -> Result<Transaction<'static,
+//! DB>, StoreError>` that opens a write transaction the way that backend
+//! needs (every write goes through it), an inherent `async fn
+//! lock_audit(tx: &mut Transaction<'static, DB>) -> Result<(), StoreError>`
+//! that keeps other writers from appending to the audit chain until `tx`
+//! ends, an inherent `async fn close_pools(&self)`, and its parameter limit
+//! per statement.
 
 use super::{OutboxState, StoreError};
 
@@ -68,6 +71,9 @@ macro_rules! sql_store {
             use sqlx::{QueryBuilder, Row, Transaction};
 
             use $crate::Millis;
+            use $crate::audit::{
+                AuditAction, AuditEntry, AuditEvent, AuditQuery, CitizenRef, ChainKey, GENESIS_MAC, chain,
+            };
             use $crate::store::sql::{
                 OPEN_STATES, parse_attempts, parse_count, parse_cursor, parse_state, query_error,
                 rows_per_chunk,
@@ -124,6 +130,116 @@ macro_rules! sql_store {
                     acked_at_ms: row.try_get(5).map_err(error)?,
                     receipt: row.try_get(6).map_err(error)?,
                 })
+            }
+
+            /// Columns [`audit_entry`] reads, in its order.
+            const AUDIT_ENTRY_SELECT: &str =
+                "SELECT seq, at_ms, actor, action, notice_id, peer, citizen_ref, detail, prev_mac, mac \
+                 FROM audit_log";
+
+            fn audit_entry(
+                operation: &'static str,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<AuditEntry, StoreError> {
+                let error = query_error(operation);
+                let action: &str = row.try_get(3).map_err(error)?;
+                Ok(AuditEntry {
+                    seq: row.try_get(0).map_err(error)?,
+                    event: AuditEvent {
+                        at_ms: row.try_get(1).map_err(error)?,
+                        actor: row.try_get(2).map_err(error)?,
+                        // Only an edit of the file writes an unknown action; read
+                        // as `admin`, the entry then fails its MAC check, which is
+                        // where `audit verify` reports it.
+                        action: AuditAction::parse(action).unwrap_or(AuditAction::Admin),
+                        notice_id: row.try_get(4).map_err(error)?,
+                        peer: row.try_get(5).map_err(error)?,
+                        citizen: row
+                            .try_get::<Option<Vec<u8>>, _>(6)
+                            .map_err(error)?
+                            .map(CitizenRef),
+                        detail: row.try_get(7).map_err(error)?,
+                    },
+                    prev_mac: row.try_get(8).map_err(error)?,
+                    mac: row.try_get(9).map_err(error)?,
+                })
+            }
+
+            /// Appends `events` to the audit chain inside `tx`, after the
+            /// newest entry committed before it.
+            async fn append_audit(
+                key: Option<&ChainKey>,
+                tx: &mut Transaction<'static, $db>,
+                events: Vec<AuditEvent>,
+            ) -> Result<(), StoreError> {
+                const OP: &str = "append_audit";
+                let error = query_error(OP);
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let key = key.ok_or(StoreError::NoAuditKey)?;
+                <$store>::lock_audit(tx).await?;
+                let last = sqlx::query("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(error)?;
+                let (last_seq, last_mac): (i64, Vec<u8>) = match last {
+                    Some(row) => (row.try_get(0).map_err(error)?, row.try_get(1).map_err(error)?),
+                    None => (0, GENESIS_MAC.to_vec()),
+                };
+                let mut rows = chain(key, last_seq, last_mac, events).into_iter().peekable();
+                while rows.peek().is_some() {
+                    let mut query = QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_log \
+                         (seq, at_ms, actor, action, notice_id, peer, citizen_ref, detail, prev_mac, mac) ",
+                    );
+                    query.push_values(rows.by_ref().take(rows_per_chunk($max_binds, 10)), |mut row, entry| {
+                        let AuditEntry { seq, event, prev_mac, mac } = entry;
+                        row.push_bind(seq)
+                            .push_bind(event.at_ms)
+                            .push_bind(event.actor)
+                            .push_bind(event.action.as_str())
+                            .push_bind(event.notice_id)
+                            .push_bind(event.peer)
+                            .push_bind(event.citizen.map(|citizen| citizen.0))
+                            .push_bind(event.detail)
+                            .push_bind(prev_mac)
+                            .push_bind(mac);
+                    });
+                    query
+                        .build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(error)?;
+                }
+                Ok(())
+            }
+
+            /// The audit event for one outbox update of the row to `recipient`
+            /// of `notice_id`.
+            fn outbox_event(update: &OutboxUpdate, notice_id: &str, recipient: &str) -> AuditEvent {
+                let (at_ms, action, detail) = match update {
+                    OutboxUpdate::InFlight { attempts, .. } => {
+                        ($crate::now_ms(), AuditAction::SendAttempt, format!("attempt {attempts}"))
+                    }
+                    OutboxUpdate::Delivered { at_ms, .. } => {
+                        (*at_ms, AuditAction::Delivered, "signed receipt stored".to_owned())
+                    }
+                    OutboxUpdate::Failed { at_ms, reason, receipt, .. } => {
+                        let by = if receipt.is_some() { "rejected by the peer: " } else { "" };
+                        (*at_ms, AuditAction::SendFailed, format!("{by}{reason}"))
+                    }
+                    OutboxUpdate::Retry { next_attempt_at_ms, error, .. } => (
+                        $crate::now_ms(),
+                        AuditAction::SendRetry,
+                        format!("{error}; next attempt at {next_attempt_at_ms}"),
+                    ),
+                };
+                AuditEvent::new(at_ms, "daemon", action)
+                    .notice(notice_id)
+                    .peer(recipient)
+                    .detail(detail)
             }
 
             /// The updates of one run of [`OutboxUpdate`]s in which no row appears
@@ -403,6 +519,21 @@ macro_rules! sql_store {
                         }
                     }
 
+                    let events = firsts
+                        .iter()
+                        .map(|&index| &batch[index])
+                        .filter(|notice| stored_keys.contains(&notice.idempotency_key))
+                        .map(|notice| {
+                            let recipients: Vec<&str> =
+                                notice.recipients.iter().map(|item| item.recipient.as_str()).collect();
+                            AuditEvent::new(notice.created_at_ms, notice.actor.as_str(), AuditAction::Submit)
+                                .notice(notice.notice_id.as_str())
+                                .citizen(notice.citizen.clone())
+                                .detail(format!("to {}", recipients.join(", ")))
+                        })
+                        .collect();
+                    append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
+
                     tx.commit().await.map_err(error)?;
 
                     let mut outcomes = Vec::with_capacity(batch.len());
@@ -552,6 +683,49 @@ macro_rules! sql_store {
                         return Ok(());
                     }
                     let mut tx = self.begin_write(OP).await?;
+
+                    // Which notice and peer each row is, for the audit entries.
+                    let mut rows_of: HashMap<i64, (String, String)> = HashMap::with_capacity(updates.len());
+                    let all_seqs: Vec<i64> = updates
+                        .iter()
+                        .map(|update| match update {
+                            OutboxUpdate::InFlight { seq, .. }
+                            | OutboxUpdate::Delivered { seq, .. }
+                            | OutboxUpdate::Failed { seq, .. }
+                            | OutboxUpdate::Retry { seq, .. } => *seq,
+                        })
+                        .collect();
+                    for chunk in all_seqs.chunks($max_binds) {
+                        let mut query =
+                            QueryBuilder::<$db>::new("SELECT seq, notice_id, recipient FROM outbox WHERE seq IN (");
+                        let mut list = query.separated(", ");
+                        for seq in chunk {
+                            list.push_bind(*seq);
+                        }
+                        list.push_unseparated(")");
+                        let rows = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(query_error(OP))?;
+                        for row in rows {
+                            let seq: i64 = row.try_get(0).map_err(query_error(OP))?;
+                            let notice_id: String = row.try_get(1).map_err(query_error(OP))?;
+                            let recipient: String = row.try_get(2).map_err(query_error(OP))?;
+                            rows_of.insert(seq, (notice_id, recipient));
+                        }
+                    }
+                    let events: Vec<AuditEvent> = updates
+                        .iter()
+                        .zip(&all_seqs)
+                        .filter_map(|(update, seq)| {
+                            rows_of
+                                .get(seq)
+                                .map(|(notice_id, recipient)| outbox_event(update, notice_id, recipient))
+                        })
+                        .collect();
+
                     let mut group = UpdateGroup::default();
                     for update in updates {
                         if let Err(update) = group.try_add(update) {
@@ -565,6 +739,7 @@ macro_rules! sql_store {
                         }
                     }
                     group.flush(&mut tx).await?;
+                    append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
                     tx.commit().await.map_err(query_error(OP))
                 }
 
@@ -707,6 +882,34 @@ macro_rules! sql_store {
                         }
                     }
 
+                    let events = batch
+                        .iter()
+                        .enumerate()
+                        .map(|(index, notice)| {
+                            let key = (notice.sender.clone(), notice.notice_id.clone());
+                            let first = first_copy
+                                .get(&(notice.sender.as_str(), notice.notice_id.as_str()))
+                                .copied();
+                            let event = match stored.get(&key) {
+                                Some(cursor) if first == Some(index) => {
+                                    AuditEvent::new(notice.received_at_ms, format!("peer {}", notice.sender), AuditAction::Received)
+                                        .detail(format!("inbox cursor {cursor}"))
+                                }
+                                _ => AuditEvent::new(
+                                    notice.received_at_ms,
+                                    format!("peer {}", notice.sender),
+                                    AuditAction::ReceivedDuplicate,
+                                )
+                                .detail("answered with the stored receipt"),
+                            };
+                            event
+                                .notice(notice.notice_id.as_str())
+                                .peer(notice.sender.as_str())
+                                .citizen(notice.citizen.clone())
+                        })
+                        .collect();
+                    append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
+
                     tx.commit().await.map_err(error)?;
 
                     let mut outcomes = Vec::with_capacity(batch.len());
@@ -774,7 +977,7 @@ macro_rules! sql_store {
                     rows.iter().map(|row| inbox_record(OP, row)).collect()
                 }
 
-                async fn ack_inbox(&self, cursor: u64, at_ms: Millis) -> Result<bool, StoreError> {
+                async fn ack_inbox(&self, cursor: u64, at_ms: Millis, actor: &str) -> Result<bool, StoreError> {
                     const OP: &str = "ack_inbox";
                     let error = query_error(OP);
                     let Ok(row_cursor) = i64::try_from(cursor) else {
@@ -787,9 +990,15 @@ macro_rules! sql_store {
                     query.push_bind(at_ms);
                     query.push(" WHERE cursor = ");
                     query.push_bind(row_cursor);
-                    query.push(" AND acked_at_ms IS NULL");
-                    let result = query.build().execute(&mut *tx).await.map_err(error)?;
-                    if result.rows_affected() > 0 {
+                    query.push(" AND acked_at_ms IS NULL RETURNING notice_id, sender");
+                    if let Some(row) = query.build().fetch_optional(&mut *tx).await.map_err(error)? {
+                        let notice_id: String = row.try_get(0).map_err(error)?;
+                        let sender: String = row.try_get(1).map_err(error)?;
+                        let event = AuditEvent::new(at_ms, actor, AuditAction::InboxAck)
+                            .notice(notice_id)
+                            .peer(sender)
+                            .detail(format!("inbox cursor {cursor}"));
+                        append_audit(self.audit_key.as_ref(), &mut tx, vec![event]).await?;
                         tx.commit().await.map_err(error)?;
                         return Ok(true);
                     }
@@ -806,6 +1015,49 @@ macro_rules! sql_store {
                     } else {
                         Err(StoreError::NoSuchInboxItem(cursor))
                     }
+                }
+
+                async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+                    const OP: &str = "record_audit";
+                    if events.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin_write(OP).await?;
+                    append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
+                    tx.commit().await.map_err(query_error(OP))
+                }
+
+                async fn audit_entries(&self, filter: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+                    const OP: &str = "audit_entries";
+                    let mut query = QueryBuilder::<$db>::new(AUDIT_ENTRY_SELECT);
+                    query.push(" WHERE seq > ");
+                    query.push_bind(if filter.newest_first { 0 } else { filter.after_seq });
+                    if let Some(action) = filter.action {
+                        query.push(" AND action = ");
+                        query.push_bind(action.as_str());
+                    }
+                    if let Some(from) = filter.from_ms {
+                        query.push(" AND at_ms >= ");
+                        query.push_bind(from);
+                    }
+                    if let Some(to) = filter.to_ms {
+                        query.push(" AND at_ms < ");
+                        query.push_bind(to);
+                    }
+                    if let Some(citizen) = filter.citizen {
+                        query.push(" AND (citizen_ref = ");
+                        query.push_bind(citizen.0.clone());
+                        query.push(
+                            " OR notice_id IN (SELECT notice_id FROM audit_log \
+                             WHERE notice_id IS NOT NULL AND citizen_ref = ",
+                        );
+                        query.push_bind(citizen.0);
+                        query.push("))");
+                    }
+                    query.push(if filter.newest_first { " ORDER BY seq DESC LIMIT " } else { " ORDER BY seq LIMIT " });
+                    query.push_bind(i64::from(filter.limit));
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
+                    rows.iter().map(|row| audit_entry(OP, row)).collect()
                 }
 
                 async fn counts(&self) -> Result<StoreCounts, StoreError> {

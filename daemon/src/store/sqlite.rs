@@ -41,6 +41,7 @@ use sqlx::sqlite::{
 
 use super::StoreError;
 use super::sql::query_error;
+use crate::audit::ChainKey;
 
 /// Connections serving reads (WAL lets them run beside the writer); the one
 /// writing connection comes on top.
@@ -67,6 +68,9 @@ pub struct SqliteStore {
     /// Writes: one connection, so writers queue here rather than at
     /// SQLite's busy handler (see the module documentation).
     writer: SqlitePool,
+    /// Computes the audit chain's MACs; writes that need an audit entry
+    /// fail until it is set.
+    audit_key: Option<ChainKey>,
 }
 
 impl SqliteStore {
@@ -104,7 +108,22 @@ impl SqliteStore {
                 return Err(open_error(source));
             }
         };
-        Ok(SqliteStore { pool, writer })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            audit_key: None,
+        })
+    }
+
+    /// Sets the key the audit chain is computed with (see [`crate::audit`]).
+    pub fn set_audit_key(&mut self, key: ChainKey) {
+        self.audit_key = Some(key);
+    }
+
+    /// Nothing to do: `BEGIN IMMEDIATE` already holds the one writer lock
+    /// for the whole transaction.
+    async fn lock_audit(_tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Starts a write transaction holding the writer lock from the start.
@@ -139,10 +158,15 @@ mod tests {
     /// long as the returned guard.
     async fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let store = SqliteStore::open(&dir.path().join("store.db"))
-            .await
-            .expect("open a fresh store");
+        let store = keyed(&dir.path().join("store.db")).await;
         (dir, store)
+    }
+
+    /// The store at `path`, ready for audited writes.
+    async fn keyed(path: &Path) -> SqliteStore {
+        let mut store = SqliteStore::open(path).await.expect("open the store");
+        store.set_audit_key(crate::audit::test_chain_key());
+        store
     }
 
     store_suite!(fresh());
@@ -204,7 +228,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("store.db");
 
-        let store = SqliteStore::open(&path).await.expect("open");
+        let store = keyed(&path).await;
         let outcomes = store
             .submit(vec![suite::notice("n-1", "key-1", &["org-b", "org-c"])])
             .await
@@ -227,14 +251,14 @@ mod tests {
             .expect("accept");
         assert!(
             store
-                .ack_inbox(accepted[0].cursor, 3_000)
+                .ack_inbox(accepted[0].cursor, 3_000, "api uid=1000")
                 .await
                 .expect("ack")
         );
         let counts_before = store.counts().await.expect("counts");
         store.close().await;
 
-        let store = SqliteStore::open(&path).await.expect("reopen");
+        let store = keyed(&path).await;
         assert_eq!(store.counts().await.expect("counts"), counts_before);
         let delivery = store
             .delivery("n-1")

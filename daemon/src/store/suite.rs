@@ -21,6 +21,9 @@ use super::{
     Store, StoreCounts, StoreError, SubmitOutcome,
 };
 use crate::Millis;
+use crate::audit::{
+    AuditAction, AuditEvent, AuditQuery, ChainBreak, ChainVerifier, CitizenRef, test_chain_key,
+};
 
 /// `created_at_ms` of every notice built by [`notice`].
 pub(crate) const CREATED_AT: Millis = 1_000;
@@ -54,7 +57,14 @@ pub(crate) fn notice(notice_id: &str, key: &str, recipients: &[&str]) -> NewNoti
                 envelope: envelope(notice_id, recipient),
             })
             .collect(),
+        actor: "api uid=1000".to_owned(),
+        citizen: Some(citizen_of(notice_id)),
     }
+}
+
+/// The citizen reference [`notice`] and [`incoming`] give a notice id.
+pub(crate) fn citizen_of(notice_id: &str) -> CitizenRef {
+    CitizenRef(format!("citizen of {notice_id}").into_bytes())
 }
 
 /// The same as [`notice`] with a different request under the same key.
@@ -77,6 +87,7 @@ pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> Incomin
         envelope: incoming_envelope(sender, notice_id),
         received_at_ms: RECEIVED_AT,
         receipt: receipt.to_vec(),
+        citizen: Some(citizen_of(notice_id)),
     }
 }
 
@@ -697,8 +708,18 @@ pub(crate) async fn inbox_after_pages_and_filters(store: &dyn Store) {
             .is_empty()
     );
 
-    assert!(store.ack_inbox(cursors[1], 7_000).await.unwrap());
-    assert!(store.ack_inbox(cursors[3], 8_000).await.unwrap());
+    assert!(
+        store
+            .ack_inbox(cursors[1], 7_000, "api uid=1000")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .ack_inbox(cursors[3], 8_000, "api uid=1000")
+            .await
+            .unwrap()
+    );
     assert_eq!(
         page(store.inbox_after(0, 10, true).await.unwrap()),
         vec![cursors[0], cursors[2], cursors[4]]
@@ -722,8 +743,18 @@ pub(crate) async fn ack_inbox_twice(store: &dyn Store) {
         .await
         .unwrap()[0]
         .cursor;
-    assert!(store.ack_inbox(cursor, 7_000).await.unwrap());
-    assert!(!store.ack_inbox(cursor, 9_000).await.unwrap());
+    assert!(
+        store
+            .ack_inbox(cursor, 7_000, "api uid=1000")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .ack_inbox(cursor, 9_000, "api uid=1000")
+            .await
+            .unwrap()
+    );
     let items = store.inbox_after(0, 10, false).await.unwrap();
     assert_eq!(items[0].acked_at_ms, Some(7_000));
 }
@@ -736,7 +767,7 @@ pub(crate) async fn ack_unknown_cursor_is_an_error(store: &dyn Store) {
         .unwrap()[0]
         .cursor;
     for unknown in [cursor + 1, 0, u64::MAX] {
-        match store.ack_inbox(unknown, 7_000).await {
+        match store.ack_inbox(unknown, 7_000, "api uid=1000").await {
             Err(StoreError::NoSuchInboxItem(reported)) => assert_eq!(reported, unknown),
             other => panic!("expected NoSuchInboxItem({unknown}), got {other:?}"),
         }
@@ -777,7 +808,10 @@ pub(crate) async fn counts_reflect_states(store: &dyn Store) {
         ])
         .await
         .unwrap();
-    store.ack_inbox(accepted[1].cursor, 3_000).await.unwrap();
+    store
+        .ack_inbox(accepted[1].cursor, 3_000, "api uid=1000")
+        .await
+        .unwrap();
     assert_eq!(
         store.counts().await.unwrap(),
         StoreCounts {
@@ -1081,6 +1115,191 @@ pub(crate) async fn reopen_outbox_only_reopens_failed_unexpired_rows(store: &dyn
     );
 }
 
+/// Every audited write appends its entries in the order of the writes, and
+/// the whole log verifies as one chain.
+pub(crate) async fn audited_writes_append_one_verifiable_chain(store: &dyn Store) {
+    let seqs = stored_seqs(&submit_one(store, notice("n-1", "key-1", &["org-b"])).await);
+    // A duplicate submit stores nothing and so records nothing.
+    submit_one(store, notice("n-1", "key-1", &["org-b"])).await;
+    store
+        .update_outbox(vec![
+            OutboxUpdate::InFlight {
+                seq: seqs[0],
+                attempts: 1,
+            },
+            OutboxUpdate::Delivered {
+                seq: seqs[0],
+                receipt: b"receipt".to_vec(),
+                at_ms: 2_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let accepted = store
+        .accept_inbox(vec![
+            incoming("org-x", "in-1", b"r-1"),
+            incoming("org-x", "in-1", b"r-1"),
+        ])
+        .await
+        .unwrap();
+    store
+        .ack_inbox(accepted[0].cursor, 3_000, "api uid=42")
+        .await
+        .unwrap();
+    // A second ack changes nothing and records nothing.
+    store
+        .ack_inbox(accepted[0].cursor, 3_500, "api uid=42")
+        .await
+        .unwrap();
+    store
+        .record_audit(vec![
+            AuditEvent::new(4_000, "api uid=42", AuditAction::InboxRead)
+                .notice("in-1")
+                .peer("org-x")
+                .citizen(Some(citizen_of("in-1"))),
+        ])
+        .await
+        .unwrap();
+
+    let entries = store
+        .audit_entries(AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<AuditAction> = entries.iter().map(|e| e.event.action).collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::Submit,
+            AuditAction::SendAttempt,
+            AuditAction::Delivered,
+            AuditAction::Received,
+            AuditAction::ReceivedDuplicate,
+            AuditAction::InboxAck,
+            AuditAction::InboxRead,
+        ]
+    );
+    let seq_numbers: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seq_numbers, [1, 2, 3, 4, 5, 6, 7]);
+    let submit = &entries[0].event;
+    assert_eq!(submit.actor, "api uid=1000");
+    assert_eq!(submit.notice_id.as_deref(), Some("n-1"));
+    assert_eq!(submit.citizen, Some(citizen_of("n-1")));
+    assert!(submit.detail.contains("org-b"), "{}", submit.detail);
+    let delivered = &entries[2].event;
+    assert_eq!(delivered.peer.as_deref(), Some("org-b"));
+    assert_eq!(delivered.at_ms, 2_000);
+    let received = &entries[3].event;
+    assert_eq!(received.actor, "peer org-x");
+    assert_eq!(received.citizen, Some(citizen_of("in-1")));
+    let ack = &entries[5].event;
+    assert_eq!(
+        (ack.actor.as_str(), ack.notice_id.as_deref(), ack.at_ms),
+        ("api uid=42", Some("in-1"), 3_000)
+    );
+
+    let mut verifier = ChainVerifier::new(test_chain_key());
+    for entry in &entries {
+        verifier.check(entry);
+    }
+    let report = verifier.finish();
+    assert_eq!(report.breaks, Vec::<ChainBreak>::new());
+    assert_eq!(report.head_seq, 7);
+}
+
+pub(crate) async fn audit_entries_page_and_filter_by_time_and_citizen(store: &dyn Store) {
+    let events: Vec<AuditEvent> = (0..10)
+        .map(|i| {
+            let notice_id = format!("n-{}", i % 3);
+            let citizen = (i < 3).then(|| citizen_of(&notice_id));
+            AuditEvent::new(1_000 * i, "daemon", AuditAction::SendAttempt)
+                .notice(notice_id)
+                .citizen(citizen)
+        })
+        .collect();
+    store.record_audit(events).await.unwrap();
+
+    let page = |after_seq, limit| AuditQuery {
+        after_seq,
+        limit,
+        ..AuditQuery::default()
+    };
+    let first = store.audit_entries(page(0, 4)).await.unwrap();
+    let next = store.audit_entries(page(4, 100)).await.unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(next.len(), 6);
+    assert_eq!(next[0].seq, 5);
+
+    let window = store
+        .audit_entries(AuditQuery {
+            from_ms: Some(2_000),
+            to_ms: Some(5_000),
+            ..page(0, 100)
+        })
+        .await
+        .unwrap();
+    let times: Vec<Millis> = window.iter().map(|e| e.event.at_ms).collect();
+    assert_eq!(times, [2_000, 3_000, 4_000]);
+
+    // n-1's citizen: the entry carrying the reference and every later
+    // entry about n-1 (which carry none).
+    let about = store
+        .audit_entries(AuditQuery {
+            citizen: Some(citizen_of("n-1")),
+            ..page(0, 100)
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = about.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 5, 8]);
+    assert!(
+        about
+            .iter()
+            .all(|e| e.event.notice_id.as_deref() == Some("n-1"))
+    );
+    let nobody = store
+        .audit_entries(AuditQuery {
+            citizen: Some(CitizenRef(b"nobody".to_vec())),
+            ..page(0, 100)
+        })
+        .await
+        .unwrap();
+    assert!(nobody.is_empty());
+}
+
+/// A write that fails leaves neither its rows nor its audit entries.
+pub(crate) async fn a_rolled_back_write_leaves_no_audit_entry(store: &dyn Store) {
+    submit_one(store, notice("n-1", "key-1", &["org-b"])).await;
+    // The same recipient twice violates UNIQUE (notice_id, recipient).
+    let broken = notice("n-2", "key-2", &["org-b", "org-b"]);
+    assert!(store.submit(vec![broken]).await.is_err());
+    let entries = store
+        .audit_entries(AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].event.notice_id.as_deref(), Some("n-1"));
+    assert!(store.delivery("n-2").await.unwrap().is_none());
+    // The chain goes on from the last committed entry.
+    submit_one(store, notice("n-3", "key-3", &["org-b"])).await;
+    let entries = store
+        .audit_entries(AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+}
+
 pub(crate) trait Fresh {
     type Guard;
     type Store;
@@ -1131,6 +1350,9 @@ macro_rules! store_suite {
             reopen_outbox_only_reopens_failed_unexpired_rows,
             probe_write_commits_repeatedly,
             inbox_by_notice_finds_every_sender_s_copy,
+            audited_writes_append_one_verifiable_chain,
+            audit_entries_page_and_filter_by_time_and_citizen,
+            a_rolled_back_write_leaves_no_audit_entry,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
