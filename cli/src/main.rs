@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{card as card_cmd, inbox, init, keys, outbox, peer, send, status, verify};
+use crate::commands::{
+    audit, card as card_cmd, inbox, init, keys, outbox, peer, send, status, verify,
+};
 use crate::error::exit;
 use crate::output::Output;
 
@@ -76,6 +78,10 @@ enum Command {
     /// Send a notice by hand, to try a set-up.
     #[command(subcommand)]
     Send(Box<send::SendCommand>),
+    /// The tamper-evident audit log: verify its chain, export it, or find
+    /// who handled a citizen's notices.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Re-check the stored signatures of a notice, sent or received (exit
     /// 4 if one does not hold).
     Verify {
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
             Command::Outbox(c) => outbox::run(c, &config, out).await,
             Command::Inbox(c) => inbox::run(c, &config, out).await,
             Command::Send(c) => send::run(*c, &config, out).await,
+            Command::Audit(c) => audit::run(c, &config, out).await,
             Command::Verify { notice_id } => verify::run(notice_id, &config, out).await,
         }
     });

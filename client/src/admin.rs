@@ -76,6 +76,30 @@ impl AdminClient {
             .map_err(|s| self.map(s))
     }
 
+    /// Checks the audit log's chain from its first entry to its head.
+    pub async fn audit_verify(&self) -> Result<v1::AuditVerifyResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .audit_verify(v1::AuditVerifyRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
+    /// One page of audit entries; pass `next_after_seq` of the answer as
+    /// `after_seq` of the next request until it is 0.
+    pub async fn audit_entries(
+        &self,
+        request: v1::AuditEntriesRequest,
+    ) -> Result<v1::AuditEntriesResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .audit_entries(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
     pub async fn verify_notice(
         &self,
         notice_id: &str,

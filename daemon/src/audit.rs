@@ -387,13 +387,12 @@ pub fn chain(
         .map(|event| {
             seq += 1;
             let mac = key.mac(seq, &event, &prev_mac);
-            let entry = AuditEntry {
+            AuditEntry {
                 seq,
                 event,
                 prev_mac: std::mem::replace(&mut prev_mac, mac.clone()),
                 mac,
-            };
-            entry
+            }
         })
         .collect()
 }

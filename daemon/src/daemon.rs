@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Millis;
 use crate::admin::{AdminService, AdminState};
 use crate::api::{self, ApiState, LocalApiService};
-use crate::audit::AuditKeys;
+use crate::audit::{AuditAction, AuditEvent, AuditKeys, AuditQuery};
 use crate::batch::GroupCommit;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::CitizenKeys;
@@ -253,7 +254,18 @@ pub async fn run(
         signing_key: signing_public_key,
         certificate_not_after_ms,
         started_at_ms,
+        audit_keys: audit_keys.clone(),
     });
+    record_start(
+        store.as_ref(),
+        started_at_ms,
+        &format!(
+            "tls {}; signing {}",
+            endpoint.fingerprint(),
+            signing_public_key
+        ),
+    )
+    .await?;
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
 
     tracing::info!(
@@ -294,6 +306,30 @@ pub async fn run(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Records the start, with the keys it runs with; when those differ from
+/// the previous start's, records the rotation too.
+async fn record_start(store: &dyn Store, at_ms: Millis, keys: &str) -> Result<(), StoreError> {
+    let previous = store
+        .audit_entries(AuditQuery {
+            action: Some(AuditAction::DaemonStarted),
+            newest_first: true,
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await?;
+    let mut events = Vec::new();
+    if let Some(previous) = previous.first()
+        && previous.event.detail != keys
+    {
+        events.push(
+            AuditEvent::new(at_ms, "daemon", AuditAction::KeysRotated)
+                .detail(format!("was: {}; now: {keys}", previous.event.detail)),
+        );
+    }
+    events.push(AuditEvent::new(at_ms, "daemon", AuditAction::DaemonStarted).detail(keys));
+    store.record_audit(events).await
 }
 
 fn serve_api(

@@ -713,6 +713,21 @@ async fn forged_oversized_and_malformed_input_is_rejected_without_harm() {
         assert!(log.contains(code), "{code} is logged");
     }
     assert!(sites.log(psyk).contains("KIND_NOT_ALLOWED"));
+    // The role violation is in the receiver's audit log, naming the sender.
+    let audit = sites
+        .admin(psyk)
+        .await
+        .unwrap()
+        .audit_entries(v1::AuditEntriesRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        audit.entries.iter().any(|e| e.action == "rejected"
+            && e.peer == kommune
+            && e.detail.starts_with("KIND_NOT_ALLOWED")),
+        "{:?}",
+        audit.entries
+    );
     assert_no_cpr_in_logs(&sites, &[CPR_A, "3102814321"]);
 }
 

@@ -1,5 +1,6 @@
 //! One module per command group, plus what several of them share.
 
+pub mod audit;
 pub mod card;
 pub mod inbox;
 pub mod init;

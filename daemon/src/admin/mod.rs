@@ -3,7 +3,9 @@
 //! operator, may manage trust; local systems use the 0660 local API).
 //!
 //! One file per concern: [`status`], [`reload`] (peers from the config file,
-//! applied without a restart), [`outbox`] (list, retry, cancel).
+//! applied without a restart), [`outbox`] (list, retry, cancel), [`verify`]
+//! (a notice's signatures), [`audit`] (the audit log). Every call that
+//! changes something leaves an audit entry naming the operator's Unix user.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tvaers_proto::v1;
 use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
 
+use crate::audit::AuditKeys;
 use crate::config::Site;
 use crate::peers::PeerSet;
 use crate::signing::PublicKey;
@@ -19,6 +22,7 @@ use crate::store::Store;
 use crate::transport::tls::Fingerprint;
 use crate::{Millis, api};
 
+pub mod audit;
 pub mod outbox;
 pub mod reload;
 pub mod status;
@@ -40,6 +44,8 @@ pub struct AdminState {
     pub signing_key: PublicKey,
     pub certificate_not_after_ms: Option<Millis>,
     pub started_at_ms: Millis,
+    /// Checks the audit chain; turns a CPR asked about into its reference.
+    pub audit_keys: AuditKeys,
 }
 
 #[derive(Debug, Clone)]
@@ -68,9 +74,12 @@ impl AdminApi for AdminService {
 
     async fn reload_peers(
         &self,
-        _: Request<v1::ReloadPeersRequest>,
+        request: Request<v1::ReloadPeersRequest>,
     ) -> Result<Response<v1::ReloadPeersResponse>, Status> {
-        reload::reload_peers(&self.state).await.map(Response::new)
+        let actor = api::actor("admin", &request);
+        reload::reload_peers(&self.state, actor)
+            .await
+            .map(Response::new)
     }
 
     async fn list_outbox(
@@ -86,7 +95,8 @@ impl AdminApi for AdminService {
         &self,
         request: Request<v1::OutboxActionRequest>,
     ) -> Result<Response<v1::OutboxActionResponse>, Status> {
-        outbox::retry(&self.state, request.into_inner())
+        let actor = api::actor("admin", &request);
+        outbox::retry(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }
@@ -104,7 +114,25 @@ impl AdminApi for AdminService {
         &self,
         request: Request<v1::OutboxActionRequest>,
     ) -> Result<Response<v1::OutboxActionResponse>, Status> {
-        outbox::cancel(&self.state, request.into_inner())
+        let actor = api::actor("admin", &request);
+        outbox::cancel(&self.state, request.into_inner(), actor)
+            .await
+            .map(Response::new)
+    }
+
+    async fn audit_verify(
+        &self,
+        _: Request<v1::AuditVerifyRequest>,
+    ) -> Result<Response<v1::AuditVerifyResponse>, Status> {
+        audit::verify(&self.state).await.map(Response::new)
+    }
+
+    async fn audit_entries(
+        &self,
+        request: Request<v1::AuditEntriesRequest>,
+    ) -> Result<Response<v1::AuditEntriesResponse>, Status> {
+        let actor = api::actor("admin", &request);
+        audit::entries(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }

@@ -11,6 +11,7 @@ use tonic::Status;
 use tvaers_proto::v1;
 
 use super::AdminState;
+use crate::audit::{AuditAction, AuditEvent};
 use crate::now_ms;
 use crate::store::{OutboxFilter, OutboxItem, OutboxState};
 
@@ -54,6 +55,7 @@ pub async fn list(
 pub async fn retry(
     state: &AdminState,
     request: v1::OutboxActionRequest,
+    actor: String,
 ) -> Result<v1::OutboxActionResponse, Status> {
     let rows = rows_of(state, &request).await?;
     let mut skipped = Vec::new();
@@ -94,12 +96,14 @@ pub async fn retry(
         ));
     }
     tracing::info!(notice_id = %request.notice_id, reopened = changed.len(), "outbox retry by operator");
+    record_action(state, actor, AuditAction::OutboxRetry, &changed).await?;
     Ok(v1::OutboxActionResponse { changed, skipped })
 }
 
 pub async fn cancel(
     state: &AdminState,
     request: v1::OutboxActionRequest,
+    actor: String,
 ) -> Result<v1::OutboxActionResponse, Status> {
     let rows = rows_of(state, &request).await?;
     let drivers = state.peers.drivers().await;
@@ -130,7 +134,28 @@ pub async fn cancel(
         }
     }
     tracing::info!(notice_id = %request.notice_id, cancelled = changed.len(), "outbox cancel by operator");
+    record_action(state, actor, AuditAction::OutboxCancel, &changed).await?;
     Ok(v1::OutboxActionResponse { changed, skipped })
+}
+
+/// One audit entry per row the operator's action changed.
+async fn record_action(
+    state: &AdminState,
+    actor: String,
+    action: AuditAction,
+    changed: &[v1::OutboxRow],
+) -> Result<(), Status> {
+    let at_ms = now_ms();
+    let events = changed
+        .iter()
+        .map(|row| {
+            AuditEvent::new(at_ms, actor.as_str(), action)
+                .notice(row.notice_id.as_str())
+                .peer(row.recipient.as_str())
+                .detail(format!("outbox row {}", row.seq))
+        })
+        .collect();
+    super::audit::record(state, events).await
 }
 
 /// The rows of the notice in `request`, limited to its recipient if given.

@@ -6,9 +6,14 @@ use tonic::Status;
 use tvaers_proto::v1;
 
 use super::AdminState;
+use crate::audit::{AuditAction, AuditEvent};
 use crate::config::Config;
+use crate::now_ms;
 
-pub async fn reload_peers(state: &AdminState) -> Result<v1::ReloadPeersResponse, Status> {
+pub async fn reload_peers(
+    state: &AdminState,
+    actor: String,
+) -> Result<v1::ReloadPeersResponse, Status> {
     let config = Config::load(&state.config_path).map_err(|error| {
         Status::invalid_argument(format!(
             "the config file was not reloaded, nothing changed: {error}"
@@ -33,6 +38,24 @@ pub async fn reload_peers(state: &AdminState) -> Result<v1::ReloadPeersResponse,
         failed_items = changes.failed_items,
         "peers reloaded"
     );
+    let at_ms = now_ms();
+    let events = [
+        (AuditAction::PeerAdded, &changes.added),
+        (AuditAction::PeerChanged, &changes.updated),
+        (AuditAction::PeerRevoked, &changes.revoked),
+        (AuditAction::PeerRemoved, &changes.removed),
+    ]
+    .into_iter()
+    .flat_map(|(action, peers)| {
+        let actor = &actor;
+        peers.iter().map(move |peer| {
+            AuditEvent::new(at_ms, actor.as_str(), action)
+                .peer(peer.as_str())
+                .detail("config reloaded")
+        })
+    })
+    .collect();
+    super::audit::record(state, events).await?;
     Ok(v1::ReloadPeersResponse {
         added: changes.added,
         updated: changes.updated,
