@@ -59,6 +59,14 @@ struct PeerKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerState {
+    peer: String,
+    /// `pending` (waiting for its turn or a retry) or `in_flight` (sent,
+    /// awaiting the receipt).
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PeerReason {
     peer: String,
     reason: String,
@@ -79,7 +87,7 @@ pub struct Metrics {
     inbox_accepted: Family<PeerKind, Counter>,
     inbox_duplicates: Family<PeerLabel, Counter>,
     inbox_rejected: Family<PeerReason, Counter>,
-    outbox_depth: Family<PeerLabel, Gauge>,
+    outbox_depth: Family<PeerState, Gauge>,
     oldest_pending: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     connected: Family<PeerLabel, Gauge>,
     rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
@@ -162,7 +170,7 @@ impl Metrics {
         let outbox_depth = registered(
             &mut registry,
             "outbox_depth",
-            "Notices to a peer not yet delivered or failed (pending or in flight), read from the store",
+            "Notices to a peer not yet delivered or failed, by state (pending, in_flight), read from the store",
             Family::default(),
         );
         let oldest_pending = registered(
@@ -291,10 +299,16 @@ impl Metrics {
                 .set(health.rtt.map_or(0.0, |rtt| rtt.as_secs_f64()));
             if let Some(open) = &open {
                 let row = open.iter().find(|row| &row.recipient == peer);
-                let depth = row.map_or(0, |row| row.notices);
-                self.outbox_depth
-                    .get_or_create(&label)
-                    .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                let in_flight = row.map_or(0, |row| row.in_flight);
+                let pending = row.map_or(0, |row| row.notices.saturating_sub(row.in_flight));
+                for (state, depth) in [("pending", pending), ("in_flight", in_flight)] {
+                    self.outbox_depth
+                        .get_or_create(&PeerState {
+                            peer: peer.clone(),
+                            state,
+                        })
+                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                }
                 let age = row.map_or(0.0, |row| {
                     (now - row.oldest_created_at_ms).max(0) as f64 / 1000.0
                 });

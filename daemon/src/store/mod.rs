@@ -229,7 +229,10 @@ pub struct StoreCounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenOutbox {
     pub recipient: String,
+    /// Pending and in flight together.
     pub notices: u64,
+    /// Of those, on the wire now (awaiting the peer's receipt).
+    pub in_flight: u64,
     /// When the oldest of them was submitted.
     pub oldest_created_at_ms: Millis,
 }

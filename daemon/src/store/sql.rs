@@ -658,7 +658,8 @@ macro_rules! sql_store {
                     const OP: &str = "outbox_open";
                     let error = query_error(OP);
                     let rows = sqlx::query(
-                        "SELECT o.recipient, COUNT(*), MIN(n.created_at_ms) \
+                        "SELECT o.recipient, COUNT(*), MIN(n.created_at_ms), \
+                                SUM(CASE WHEN o.state = 'in_flight' THEN 1 ELSE 0 END) \
                          FROM outbox o JOIN notices n ON n.notice_id = o.notice_id \
                          WHERE o.state IN ('pending', 'in_flight') \
                          GROUP BY o.recipient ORDER BY o.recipient",
@@ -672,6 +673,7 @@ macro_rules! sql_store {
                                 recipient: row.try_get(0).map_err(error)?,
                                 notices: parse_count("open", row.try_get(1).map_err(error)?)?,
                                 oldest_created_at_ms: row.try_get(2).map_err(error)?,
+                                in_flight: parse_count("in flight", row.try_get(3).map_err(error)?)?,
                             })
                         })
                         .collect()

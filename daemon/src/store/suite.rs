@@ -857,6 +857,7 @@ pub(crate) async fn outbox_open_counts_undelivered_per_recipient(store: &dyn Sto
         vec![OpenOutbox {
             recipient: "org-b".to_owned(),
             notices: 2,
+            in_flight: 1,
             oldest_created_at_ms: 500,
         }]
     );
