@@ -192,17 +192,42 @@ impl Client {
         self.list(after_cursor, limit, true).await
     }
 
+    /// Like [`list_inbox`](Self::list_inbox), only the items routed to one
+    /// team inbox (see each item's `placements`).
+    pub async fn list_team_inbox(
+        &self,
+        inbox: &str,
+        after_cursor: u64,
+        limit: u32,
+    ) -> Result<Vec<v1::InboxItem>, ClientError> {
+        self.list_request(v1::ListInboxRequest {
+            after_cursor,
+            limit,
+            unacked_only: false,
+            inbox: inbox.to_owned(),
+        })
+        .await
+    }
+
     async fn list(
         &self,
         after_cursor: u64,
         limit: u32,
         unacked_only: bool,
     ) -> Result<Vec<v1::InboxItem>, ClientError> {
-        let request = v1::ListInboxRequest {
+        self.list_request(v1::ListInboxRequest {
             after_cursor,
             limit,
             unacked_only,
-        };
+            inbox: String::new(),
+        })
+        .await
+    }
+
+    async fn list_request(
+        &self,
+        request: v1::ListInboxRequest,
+    ) -> Result<Vec<v1::InboxItem>, ClientError> {
         let response = self
             .inner
             .clone()
@@ -219,10 +244,61 @@ impl Client {
     pub fn inbox_stream(&self, after_cursor: u64) -> InboxStream {
         let mut inner = self.inner.clone();
         let open = Box::pin(async move {
-            let request = v1::StreamInboxRequest { after_cursor };
+            let request = v1::StreamInboxRequest {
+                after_cursor,
+                inbox: String::new(),
+            };
             Ok(inner.stream_inbox(request).await?.into_inner())
         });
         InboxStream::new(open, self.target.clone(), after_cursor)
+    }
+
+    /// Records that `reader` (a staff member, as the local system names
+    /// them) opened the item in team inbox `inbox`. Returns false when it
+    /// was read before; the first reader is kept.
+    pub async fn mark_read(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        reader: &str,
+    ) -> Result<bool, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .mark_read(v1::MarkReadRequest {
+                cursor,
+                inbox: inbox.to_owned(),
+                reader: reader.to_owned(),
+            })
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(response.newly_read)
+    }
+
+    /// Records that `handler` took the item in team inbox `inbox`, with
+    /// how to reach them and an optional note. Returns false when it was
+    /// handled before; the first handler is kept.
+    pub async fn mark_handled(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        handler: v1::Contact,
+        note: &str,
+    ) -> Result<bool, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .mark_handled(v1::MarkHandledRequest {
+                cursor,
+                inbox: inbox.to_owned(),
+                handler: Some(handler),
+                note: note.to_owned(),
+            })
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(response.newly_handled)
     }
 
     /// Marks an inbox item as taken care of. Returns false when it was

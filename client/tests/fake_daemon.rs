@@ -31,6 +31,7 @@ fn item(cursor: u64) -> v1::InboxItem {
             ..Default::default()
         }),
         acked_at_ms: 0,
+        placements: Vec::new(),
     }
 }
 
@@ -154,6 +155,21 @@ impl LocalApi for Service {
         let newly_acked = !acked.contains(&cursor);
         acked.push(cursor);
         Ok(Response::new(v1::AckInboxResponse { newly_acked }))
+    }
+
+    // Team-inbox handling is tested against the real daemon (tests/).
+    async fn mark_read(
+        &self,
+        _: Request<v1::MarkReadRequest>,
+    ) -> Result<Response<v1::MarkReadResponse>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
+    async fn mark_handled(
+        &self,
+        _: Request<v1::MarkHandledRequest>,
+    ) -> Result<Response<v1::MarkHandledResponse>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
     }
 }
 

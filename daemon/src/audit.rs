@@ -51,8 +51,12 @@ pub enum AuditAction {
     Rejected,
     /// An inbox item was read through the local API.
     InboxRead,
-    /// An inbox item was acknowledged (handled) through the local API.
+    /// An inbox item was acknowledged through the local API.
     InboxAck,
+    /// A staff member opened an item in a team inbox.
+    MarkedRead,
+    /// A staff member took an item in a team inbox.
+    MarkedHandled,
     /// An operator changed a peer: added, changed, revoked or removed.
     PeerAdded,
     PeerChanged,
@@ -72,7 +76,7 @@ pub enum AuditAction {
 }
 
 /// Every action, for parsing and listing.
-pub const AUDIT_ACTIONS: [AuditAction; 19] = [
+pub const AUDIT_ACTIONS: [AuditAction; 21] = [
     AuditAction::Submit,
     AuditAction::SendAttempt,
     AuditAction::SendRetry,
@@ -83,6 +87,8 @@ pub const AUDIT_ACTIONS: [AuditAction; 19] = [
     AuditAction::Rejected,
     AuditAction::InboxRead,
     AuditAction::InboxAck,
+    AuditAction::MarkedRead,
+    AuditAction::MarkedHandled,
     AuditAction::PeerAdded,
     AuditAction::PeerChanged,
     AuditAction::PeerRevoked,
@@ -107,6 +113,8 @@ impl AuditAction {
             AuditAction::Rejected => "rejected",
             AuditAction::InboxRead => "inbox_read",
             AuditAction::InboxAck => "inbox_ack",
+            AuditAction::MarkedRead => "marked_read",
+            AuditAction::MarkedHandled => "marked_handled",
             AuditAction::PeerAdded => "peer_added",
             AuditAction::PeerChanged => "peer_changed",
             AuditAction::PeerRevoked => "peer_revoked",

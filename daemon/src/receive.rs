@@ -27,6 +27,9 @@ use crate::store::{AcceptOutcome, IncomingNotice, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
 
+/// The team inbox of every item until routing rules place it elsewhere.
+pub const DEFAULT_INBOX: &str = "main";
+
 /// Stable reason codes of rejection receipts.
 pub mod reason {
     pub const SENDER_MISMATCH: &str = "SENDER_MISMATCH";
@@ -383,6 +386,7 @@ impl Receiver {
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
             citizen,
+            inboxes: vec![DEFAULT_INBOX.to_owned()],
         };
         match self.inbox.run(incoming).await {
             Ok(outcome) => {

@@ -12,7 +12,8 @@ use tvaers_proto::v1;
 use super::ApiState;
 use crate::audit::{AuditAction, AuditEvent};
 use crate::now_ms;
-use crate::store::{InboxRecord, StoreError};
+use crate::store::{InboxRecord, Placement, StoreError};
+use prost::Message;
 
 const PAGE: u32 = 100;
 
@@ -26,12 +27,46 @@ fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
             ),
         )
     })?;
+    let placements = record.placements.into_iter().map(placement).collect();
     Ok(v1::InboxItem {
         cursor: record.cursor,
         received_at_ms: record.received_at_ms,
         envelope: Some(envelope),
         acked_at_ms: record.acked_at_ms.unwrap_or_default(),
+        placements,
     })
+}
+
+/// A stored placement as the API shows it; the handling record (note and
+/// contact) is stored as an encoded `Placement` holding only those fields.
+fn placement(stored: Placement) -> v1::Placement {
+    let handling = stored
+        .handling
+        .as_deref()
+        .and_then(|bytes| v1::Placement::decode(bytes).ok())
+        .unwrap_or_default();
+    let state = if stored.handled_at_ms.is_some() {
+        "handled"
+    } else if stored.read_at_ms.is_some() {
+        "read"
+    } else {
+        "new"
+    };
+    v1::Placement {
+        inbox: stored.inbox,
+        state: state.to_owned(),
+        read_by: stored.read_by.unwrap_or_default(),
+        read_at_ms: stored.read_at_ms.unwrap_or_default(),
+        handled_by: stored.handled_by.unwrap_or_default(),
+        handled_at_ms: stored.handled_at_ms.unwrap_or_default(),
+        note: handling.note,
+        contact: handling.contact,
+    }
+}
+
+/// The team inbox a request names, if any.
+fn team(inbox: &str) -> Option<&str> {
+    (!inbox.is_empty()).then_some(inbox)
 }
 
 /// Records that `actor` read `items`, before they are handed out: an item
@@ -74,7 +109,12 @@ pub async fn list(
     };
     let records = state
         .store
-        .inbox_after(request.after_cursor, limit, request.unacked_only)
+        .inbox_after(
+            request.after_cursor,
+            limit,
+            request.unacked_only,
+            team(&request.inbox),
+        )
         .await
         .map_err(|e| super::internal("inbox list", e))?;
     let items: Vec<v1::InboxItem> = records.into_iter().map(item).collect::<Result<_, _>>()?;
@@ -95,7 +135,11 @@ pub fn stream(
             // Mark the signal seen before reading, so an item stored while
             // we read wakes the next wait instead of being missed.
             newest.borrow_and_update();
-            let page = match state.store.inbox_after(cursor, PAGE, false).await {
+            let page = match state
+                .store
+                .inbox_after(cursor, PAGE, false, team(&request.inbox))
+                .await
+            {
                 Ok(page) => page,
                 Err(e) => {
                     let _ = items.send(Err(super::internal("inbox stream", e))).await;

@@ -1,7 +1,8 @@
 //! The local API: gRPC for the organisation's own systems, on a Unix socket
 //! (mode 0660) and optionally on loopback TCP.
 //!
-//! One file per call: [`submit`], [`status`], [`inbox`]. This file holds the
+//! One file per call: [`submit`], [`status`], [`inbox`] (list, stream,
+//! ack), [`handling`] (read and handled in a team inbox). This file holds the
 //! shared state, the mapping of errors to gRPC status codes and the server.
 
 use std::path::Path;
@@ -23,6 +24,7 @@ use crate::peers::PeerSet;
 use crate::signing::SigningKey;
 use crate::store::{NewNotice, Store, SubmitOutcome};
 
+pub mod handling;
 pub mod inbox;
 pub mod status;
 pub mod submit;
@@ -112,6 +114,26 @@ impl LocalApi for LocalApiService {
     ) -> Result<Response<v1::AckInboxResponse>, Status> {
         let actor = actor("api", &request);
         inbox::ack(&self.state, request.into_inner(), actor)
+            .await
+            .map(Response::new)
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<v1::MarkReadRequest>,
+    ) -> Result<Response<v1::MarkReadResponse>, Status> {
+        let actor = actor("api", &request);
+        handling::mark_read(&self.state, request.into_inner(), actor)
+            .await
+            .map(Response::new)
+    }
+
+    async fn mark_handled(
+        &self,
+        request: Request<v1::MarkHandledRequest>,
+    ) -> Result<Response<v1::MarkHandledResponse>, Status> {
+        let actor = actor("api", &request);
+        handling::mark_handled(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }

@@ -691,7 +691,27 @@ mod tests {
             _: u64,
             _: u32,
             _: bool,
+            _: Option<&str>,
         ) -> Result<Vec<InboxRecord>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn mark_read(
+            &self,
+            _: u64,
+            _: &str,
+            _: &str,
+            _: Millis,
+            _: &str,
+        ) -> Result<bool, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn mark_handled(
+            &self,
+            _: u64,
+            _: &str,
+            _: crate::store::Handled,
+            _: &str,
+        ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn ack_inbox(&self, _: u64, _: Millis, _: &str) -> Result<bool, StoreError> {

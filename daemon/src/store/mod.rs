@@ -37,6 +37,8 @@ pub enum StoreError {
     },
     #[error("no inbox item with cursor {0}")]
     NoSuchInboxItem(u64),
+    #[error("inbox item {cursor} is not in team inbox {inbox:?}")]
+    NoSuchPlacement { cursor: u64, inbox: String },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("the store has no audit chain key: it cannot record the audit entry a write needs")]
@@ -190,6 +192,28 @@ pub struct IncomingNotice {
     pub receipt: Vec<u8>,
     /// Whom the notice is about, for the audit entry.
     pub citizen: Option<CitizenRef>,
+    /// The team inboxes the routing rules place it in (at least one).
+    pub inboxes: Vec<String>,
+}
+
+/// One inbox item in one team inbox, and how far it got there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub inbox: String,
+    pub read_by: Option<String>,
+    pub read_at_ms: Option<Millis>,
+    pub handled_by: Option<String>,
+    pub handled_at_ms: Option<Millis>,
+    /// The handler's contact and note, encoded by the daemon; opaque here.
+    pub handling: Option<Vec<u8>>,
+}
+
+/// Who handled an item in a team inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub by: String,
+    pub at_ms: Millis,
+    pub handling: Vec<u8>,
 }
 
 /// What [`Store::accept_inbox`] did with one [`IncomingNotice`].
@@ -213,6 +237,8 @@ pub struct InboxRecord {
     pub acked_at_ms: Option<Millis>,
     /// The receipt we answered with (a signed receipt, encoded).
     pub receipt: Vec<u8>,
+    /// The team inboxes it is in, by inbox name.
+    pub placements: Vec<Placement>,
 }
 
 /// Counts for health output.
@@ -280,13 +306,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         batch: Vec<IncomingNotice>,
     ) -> Result<Vec<AcceptOutcome>, StoreError>;
 
-    /// Inbox items with a cursor greater than `after_cursor`, oldest first.
+    /// Inbox items with a cursor greater than `after_cursor`, oldest first;
+    /// only those placed in team inbox `inbox` when one is given.
     async fn inbox_after(
         &self,
         after_cursor: u64,
         limit: u32,
         unacked_only: bool,
+        inbox: Option<&str>,
     ) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// Marks an item read in one team inbox by `reader`. Returns false if it
+    /// was read before (the first reader stays).
+    async fn mark_read(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        reader: &str,
+        at_ms: Millis,
+        actor: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks an item handled in one team inbox (and read, if it was not).
+    /// Returns false if it was handled before (the first handler stays).
+    async fn mark_handled(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        handled: Handled,
+        actor: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Inbox items with this notice id (one per sender that used it).
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;

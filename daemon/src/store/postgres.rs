@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(resent[0].cursor, accepted[0].cursor);
         assert!(!resent[0].newly_stored);
         assert_eq!(resent[0].receipt, b"r-1");
-        let inbox = store.inbox_after(0, 10, false).await.expect("inbox");
+        let inbox = store.inbox_after(0, 10, false, None).await.expect("inbox");
         assert_eq!(inbox.len(), 2);
         assert_eq!(inbox[0].acked_at_ms, Some(3_000));
         assert_eq!(inbox[1].acked_at_ms, None);

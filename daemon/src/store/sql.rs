@@ -79,7 +79,7 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
+                AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, Placement, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
                 OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
             };
 
@@ -129,7 +129,51 @@ macro_rules! sql_store {
                     received_at_ms: row.try_get(4).map_err(error)?,
                     acked_at_ms: row.try_get(5).map_err(error)?,
                     receipt: row.try_get(6).map_err(error)?,
+                    placements: Vec::new(),
                 })
+            }
+
+            /// Fills in the team-inbox placements of `records`.
+            async fn with_placements(
+                pool: &sqlx::Pool<$db>,
+                operation: &'static str,
+                mut records: Vec<InboxRecord>,
+            ) -> Result<Vec<InboxRecord>, StoreError> {
+                let error = query_error(operation);
+                let cursors: Vec<i64> = records
+                    .iter()
+                    .filter_map(|record| i64::try_from(record.cursor).ok())
+                    .collect();
+                let mut by_cursor: HashMap<i64, Vec<Placement>> = HashMap::new();
+                for chunk in cursors.chunks($max_binds) {
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT cursor, inbox_name, read_by, read_at_ms, handled_by, handled_at_ms, handling \
+                         FROM inbox_placements WHERE cursor IN (",
+                    );
+                    let mut list = query.separated(", ");
+                    for cursor in chunk {
+                        list.push_bind(*cursor);
+                    }
+                    list.push_unseparated(") ORDER BY cursor, inbox_name");
+                    let rows = query.build().persistent(false).fetch_all(pool).await.map_err(error)?;
+                    for row in rows {
+                        let cursor: i64 = row.try_get(0).map_err(error)?;
+                        by_cursor.entry(cursor).or_default().push(Placement {
+                            inbox: row.try_get(1).map_err(error)?,
+                            read_by: row.try_get(2).map_err(error)?,
+                            read_at_ms: row.try_get(3).map_err(error)?,
+                            handled_by: row.try_get(4).map_err(error)?,
+                            handled_at_ms: row.try_get(5).map_err(error)?,
+                            handling: row.try_get(6).map_err(error)?,
+                        });
+                    }
+                }
+                for record in &mut records {
+                    if let Ok(cursor) = i64::try_from(record.cursor) {
+                        record.placements = by_cursor.remove(&cursor).unwrap_or_default();
+                    }
+                }
+                Ok(records)
             }
 
             /// Columns [`audit_entry`] reads, in its order.
@@ -214,6 +258,36 @@ macro_rules! sql_store {
                         .map_err(error)?;
                 }
                 Ok(())
+            }
+
+            /// The notice id and sender of the item at `cursor` in team inbox
+            /// `inbox`, or the error naming what does not exist.
+            async fn placement_notice(
+                tx: &mut Transaction<'static, $db>,
+                operation: &'static str,
+                cursor: u64,
+                row_cursor: i64,
+                inbox: &str,
+            ) -> Result<(String, String), StoreError> {
+                let error = query_error(operation);
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT i.notice_id, i.sender, p.inbox_name FROM inbox i \
+                     LEFT JOIN inbox_placements p ON p.cursor = i.cursor AND p.inbox_name = ",
+                );
+                query.push_bind(inbox);
+                query.push(" WHERE i.cursor = ");
+                query.push_bind(row_cursor);
+                let Some(row) = query.build().fetch_optional(&mut **tx).await.map_err(error)? else {
+                    return Err(StoreError::NoSuchInboxItem(cursor));
+                };
+                let placed: Option<String> = row.try_get(2).map_err(error)?;
+                if placed.is_none() {
+                    return Err(StoreError::NoSuchPlacement {
+                        cursor,
+                        inbox: inbox.to_owned(),
+                    });
+                }
+                Ok((row.try_get(0).map_err(error)?, row.try_get(1).map_err(error)?))
             }
 
             /// The audit event for one outbox update of the row to `recipient`
@@ -884,6 +958,33 @@ macro_rules! sql_store {
                         }
                     }
 
+                    let placements: Vec<(i64, &str)> = firsts
+                        .iter()
+                        .filter_map(|&index| {
+                            let notice = &batch[index];
+                            stored
+                                .get(&(notice.sender.clone(), notice.notice_id.clone()))
+                                .map(|&cursor| (cursor, notice))
+                        })
+                        .flat_map(|(cursor, notice)| {
+                            notice.inboxes.iter().map(move |inbox| (cursor, inbox.as_str()))
+                        })
+                        .collect();
+                    for chunk in placements.chunks(rows_per_chunk($max_binds, 2)) {
+                        let mut query =
+                            QueryBuilder::<$db>::new("INSERT INTO inbox_placements (cursor, inbox_name) ");
+                        query.push_values(chunk, |mut row, (cursor, inbox)| {
+                            row.push_bind(*cursor).push_bind(*inbox);
+                        });
+                        query.push(" ON CONFLICT (cursor, inbox_name) DO NOTHING");
+                        query
+                            .build()
+                            .persistent(false)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                    }
+
                     let events = batch
                         .iter()
                         .enumerate()
@@ -895,7 +996,7 @@ macro_rules! sql_store {
                             let event = match stored.get(&key) {
                                 Some(cursor) if first == Some(index) => {
                                     AuditEvent::new(notice.received_at_ms, format!("peer {}", notice.sender), AuditAction::Received)
-                                        .detail(format!("inbox cursor {cursor}"))
+                                        .detail(format!("inbox cursor {cursor}, to {}", notice.inboxes.join(", ")))
                                 }
                                 _ => AuditEvent::new(
                                     notice.received_at_ms,
@@ -949,6 +1050,7 @@ macro_rules! sql_store {
                     after_cursor: u64,
                     limit: u32,
                     unacked_only: bool,
+                    inbox: Option<&str>,
                 ) -> Result<Vec<InboxRecord>, StoreError> {
                     const OP: &str = "inbox_after";
                     let error = query_error(OP);
@@ -963,10 +1065,16 @@ macro_rules! sql_store {
                     if unacked_only {
                         query.push(" AND acked_at_ms IS NULL");
                     }
+                    if let Some(inbox) = inbox {
+                        query.push(" AND cursor IN (SELECT cursor FROM inbox_placements WHERE inbox_name = ");
+                        query.push_bind(inbox);
+                        query.push(")");
+                    }
                     query.push(" ORDER BY cursor LIMIT ");
                     query.push_bind(i64::from(limit));
                     let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
-                    rows.iter().map(|row| inbox_record(OP, row)).collect()
+                    let records = rows.iter().map(|row| inbox_record(OP, row)).collect::<Result<Vec<_>, _>>()?;
+                    with_placements(&self.pool, OP, records).await
                 }
 
                 async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
@@ -976,7 +1084,8 @@ macro_rules! sql_store {
                     query.push_bind(notice_id);
                     query.push(" ORDER BY cursor");
                     let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
-                    rows.iter().map(|row| inbox_record(OP, row)).collect()
+                    let records = rows.iter().map(|row| inbox_record(OP, row)).collect::<Result<Vec<_>, _>>()?;
+                    with_placements(&self.pool, OP, records).await
                 }
 
                 async fn ack_inbox(&self, cursor: u64, at_ms: Millis, actor: &str) -> Result<bool, StoreError> {
@@ -1017,6 +1126,82 @@ macro_rules! sql_store {
                     } else {
                         Err(StoreError::NoSuchInboxItem(cursor))
                     }
+                }
+
+                async fn mark_read(
+                    &self,
+                    cursor: u64,
+                    inbox: &str,
+                    reader: &str,
+                    at_ms: Millis,
+                    actor: &str,
+                ) -> Result<bool, StoreError> {
+                    const OP: &str = "mark_read";
+                    let error = query_error(OP);
+                    let row_cursor = i64::try_from(cursor).map_err(|_| StoreError::NoSuchInboxItem(cursor))?;
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new("UPDATE inbox_placements SET read_by = ");
+                    query.push_bind(reader);
+                    query.push(", read_at_ms = ");
+                    query.push_bind(at_ms);
+                    query.push(" WHERE cursor = ");
+                    query.push_bind(row_cursor);
+                    query.push(" AND inbox_name = ");
+                    query.push_bind(inbox);
+                    query.push(" AND read_at_ms IS NULL");
+                    let newly = query.build().execute(&mut *tx).await.map_err(error)?.rows_affected() > 0;
+                    let notice = placement_notice(&mut tx, OP, cursor, row_cursor, inbox).await?;
+                    if newly {
+                        let (notice_id, sender) = notice;
+                        let event = AuditEvent::new(at_ms, actor, AuditAction::MarkedRead)
+                            .notice(notice_id)
+                            .peer(sender)
+                            .detail(format!("inbox {inbox}, read by {reader}"));
+                        append_audit(self.audit_key.as_ref(), &mut tx, vec![event]).await?;
+                    }
+                    tx.commit().await.map_err(error)?;
+                    Ok(newly)
+                }
+
+                async fn mark_handled(
+                    &self,
+                    cursor: u64,
+                    inbox: &str,
+                    handled: Handled,
+                    actor: &str,
+                ) -> Result<bool, StoreError> {
+                    const OP: &str = "mark_handled";
+                    let error = query_error(OP);
+                    let row_cursor = i64::try_from(cursor).map_err(|_| StoreError::NoSuchInboxItem(cursor))?;
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new("UPDATE inbox_placements SET handled_by = ");
+                    query.push_bind(handled.by.as_str());
+                    query.push(", handled_at_ms = ");
+                    query.push_bind(handled.at_ms);
+                    query.push(", handling = ");
+                    query.push_bind(handled.handling);
+                    // Handling an item implies having read it.
+                    query.push(", read_by = COALESCE(read_by, ");
+                    query.push_bind(handled.by.as_str());
+                    query.push("), read_at_ms = COALESCE(read_at_ms, ");
+                    query.push_bind(handled.at_ms);
+                    query.push(") WHERE cursor = ");
+                    query.push_bind(row_cursor);
+                    query.push(" AND inbox_name = ");
+                    query.push_bind(inbox);
+                    query.push(" AND handled_at_ms IS NULL");
+                    let newly = query.build().execute(&mut *tx).await.map_err(error)?.rows_affected() > 0;
+                    let notice = placement_notice(&mut tx, OP, cursor, row_cursor, inbox).await?;
+                    if newly {
+                        let (notice_id, sender) = notice;
+                        let event = AuditEvent::new(handled.at_ms, actor, AuditAction::MarkedHandled)
+                            .notice(notice_id)
+                            .peer(sender)
+                            .detail(format!("inbox {inbox}, handled by {}", handled.by));
+                        append_audit(self.audit_key.as_ref(), &mut tx, vec![event]).await?;
+                    }
+                    tx.commit().await.map_err(error)?;
+                    Ok(newly)
                 }
 
                 async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {

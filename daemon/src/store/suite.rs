@@ -88,6 +88,7 @@ pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> Incomin
         received_at_ms: RECEIVED_AT,
         receipt: receipt.to_vec(),
         citizen: Some(citizen_of(notice_id)),
+        inboxes: vec!["main".to_owned()],
     }
 }
 
@@ -609,7 +610,7 @@ pub(crate) async fn accept_inbox_dedups_by_sender_and_notice_id(store: &dyn Stor
     assert!(other[0].cursor > first[0].cursor);
     assert_eq!(other[0].receipt, b"receipt 3");
 
-    let items = store.inbox_after(0, 10, false).await.unwrap();
+    let items = store.inbox_after(0, 10, false, None).await.unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0].cursor, first[0].cursor);
     assert_eq!(items[0].sender, "org-a");
@@ -681,28 +682,34 @@ pub(crate) async fn inbox_after_pages_and_filters(store: &dyn Store) {
         items.iter().map(|item| item.cursor).collect()
     };
     assert_eq!(
-        page(store.inbox_after(0, 2, false).await.unwrap()),
+        page(store.inbox_after(0, 2, false, None).await.unwrap()),
         cursors[..2]
     );
     assert_eq!(
-        page(store.inbox_after(cursors[1], 2, false).await.unwrap()),
+        page(store.inbox_after(cursors[1], 2, false, None).await.unwrap()),
         cursors[2..4]
     );
     assert_eq!(
-        page(store.inbox_after(cursors[3], 2, false).await.unwrap()),
+        page(store.inbox_after(cursors[3], 2, false, None).await.unwrap()),
         cursors[4..]
     );
     assert!(
         store
-            .inbox_after(cursors[4], 2, false)
+            .inbox_after(cursors[4], 2, false, None)
             .await
             .unwrap()
             .is_empty()
     );
-    assert!(store.inbox_after(0, 0, false).await.unwrap().is_empty());
     assert!(
         store
-            .inbox_after(u64::MAX, 10, false)
+            .inbox_after(0, 0, false, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .inbox_after(u64::MAX, 10, false, None)
             .await
             .unwrap()
             .is_empty()
@@ -721,14 +728,14 @@ pub(crate) async fn inbox_after_pages_and_filters(store: &dyn Store) {
             .unwrap()
     );
     assert_eq!(
-        page(store.inbox_after(0, 10, true).await.unwrap()),
+        page(store.inbox_after(0, 10, true, None).await.unwrap()),
         vec![cursors[0], cursors[2], cursors[4]]
     );
     assert_eq!(
-        page(store.inbox_after(cursors[0], 1, true).await.unwrap()),
+        page(store.inbox_after(cursors[0], 1, true, None).await.unwrap()),
         vec![cursors[2]]
     );
-    let all = store.inbox_after(0, 10, false).await.unwrap();
+    let all = store.inbox_after(0, 10, false, None).await.unwrap();
     assert_eq!(page(all.clone()), cursors);
     let acked: Vec<Option<Millis>> = all.iter().map(|item| item.acked_at_ms).collect();
     assert_eq!(acked, [None, Some(7_000), None, Some(8_000), None]);
@@ -755,7 +762,7 @@ pub(crate) async fn ack_inbox_twice(store: &dyn Store) {
             .await
             .unwrap()
     );
-    let items = store.inbox_after(0, 10, false).await.unwrap();
+    let items = store.inbox_after(0, 10, false, None).await.unwrap();
     assert_eq!(items[0].acked_at_ms, Some(7_000));
 }
 
@@ -1301,6 +1308,139 @@ pub(crate) async fn a_rolled_back_write_leaves_no_audit_entry(store: &dyn Store)
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
 }
 
+/// Items go to the team inboxes routing chose; read and handled are kept
+/// per team inbox, first come first kept, and audited.
+pub(crate) async fn team_inboxes_place_items_and_keep_the_first_reader_and_handler(
+    store: &dyn Store,
+) {
+    let mut both = incoming("org-x", "in-1", b"r-1");
+    both.inboxes = vec!["discharge-coordinators".into(), "caseworkers".into()];
+    let mut one = incoming("org-x", "in-2", b"r-2");
+    one.inboxes = vec!["housing-support".into()];
+    let accepted = store.accept_inbox(vec![both, one]).await.unwrap();
+    let (first, second) = (accepted[0].cursor, accepted[1].cursor);
+
+    let team = |inbox: &'static str| async move {
+        store
+            .inbox_after(0, 10, false, Some(inbox))
+            .await
+            .unwrap()
+            .iter()
+            .map(|record| record.cursor)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(team("caseworkers").await, [first]);
+    assert_eq!(team("housing-support").await, [second]);
+    assert!(team("nobody").await.is_empty());
+    let all = store.inbox_after(0, 10, false, None).await.unwrap();
+    let names: Vec<&str> = all[0].placements.iter().map(|p| p.inbox.as_str()).collect();
+    assert_eq!(names, ["caseworkers", "discharge-coordinators"]);
+    assert!(all[0].placements.iter().all(|p| p.read_at_ms.is_none()));
+
+    assert!(
+        store
+            .mark_read(first, "caseworkers", "Ane", 7_000, "api uid=1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .mark_read(first, "caseworkers", "Bo", 7_500, "api uid=1")
+            .await
+            .unwrap()
+    );
+    let handled = |by: &str, at_ms| super::Handled {
+        by: by.to_owned(),
+        at_ms,
+        handling: format!("contact of {by}").into_bytes(),
+    };
+    assert!(
+        store
+            .mark_handled(
+                first,
+                "discharge-coordinators",
+                handled("Cai", 8_000),
+                "api uid=1"
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .mark_handled(
+                first,
+                "discharge-coordinators",
+                handled("Dan", 9_000),
+                "api uid=1"
+            )
+            .await
+            .unwrap()
+    );
+    let record = store.inbox_by_notice("in-1").await.unwrap().remove(0);
+    let caseworkers = &record.placements[0];
+    assert_eq!(
+        (
+            caseworkers.read_by.as_deref(),
+            caseworkers.read_at_ms,
+            caseworkers.handled_at_ms
+        ),
+        (Some("Ane"), Some(7_000), None)
+    );
+    let coordinators = &record.placements[1];
+    // Handling implies reading.
+    assert_eq!(
+        (
+            coordinators.read_by.as_deref(),
+            coordinators.handled_by.as_deref(),
+            coordinators.handled_at_ms,
+            coordinators.handling.as_deref(),
+        ),
+        (
+            Some("Cai"),
+            Some("Cai"),
+            Some(8_000),
+            Some(&b"contact of Cai"[..])
+        )
+    );
+
+    match store
+        .mark_read(second, "caseworkers", "Ane", 7_000, "api uid=1")
+        .await
+    {
+        Err(StoreError::NoSuchPlacement { cursor, inbox }) => {
+            assert_eq!((cursor, inbox.as_str()), (second, "caseworkers"));
+        }
+        other => panic!("expected NoSuchPlacement, got {other:?}"),
+    }
+    match store
+        .mark_read(second + 100, "caseworkers", "Ane", 7_000, "api uid=1")
+        .await
+    {
+        Err(StoreError::NoSuchInboxItem(_)) => {}
+        other => panic!("expected NoSuchInboxItem, got {other:?}"),
+    }
+
+    let actions: Vec<AuditAction> = store
+        .audit_entries(AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| entry.event.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::Received,
+            AuditAction::Received,
+            AuditAction::MarkedRead,
+            AuditAction::MarkedHandled,
+        ]
+    );
+}
+
 pub(crate) trait Fresh {
     type Guard;
     type Store;
@@ -1354,6 +1494,7 @@ macro_rules! store_suite {
             audited_writes_append_one_verifiable_chain,
             audit_entries_page_and_filter_by_time_and_citizen,
             a_rolled_back_write_leaves_no_audit_entry,
+            team_inboxes_place_items_and_keep_the_first_reader_and_handler,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
