@@ -1234,6 +1234,49 @@ to = ["housing-support"]
             let config = Config::load(&dir.join(file)).unwrap();
             assert_eq!(config.site.sector, sector, "{file}");
             assert_eq!(config.peers.len(), 2, "{file}");
+            let route = |kind: &str, sender: &str| {
+                let peer = config.peer(sender).unwrap();
+                config.routing.route(&crate::routing::NoticeFacts {
+                    kind,
+                    sender_org: sender,
+                    sender_sector: peer.sector,
+                    units: &[],
+                })
+            };
+            match sector {
+                Sector::Municipality => {
+                    let hospital = "psykiatri.sjaelland";
+                    assert_eq!(route("admission", hospital), ["discharge-coordinators"]);
+                    assert_eq!(route("discharge", hospital), ["discharge-coordinators"]);
+                    assert_eq!(route("no_show", "praksis.stege"), ["housing-support"]);
+                    assert_eq!(route("plan_change", hospital), ["caseworkers"]);
+                    assert_eq!(route("correction", hospital).len(), 3);
+                    assert!(
+                        config
+                            .escalation
+                            .rule_for("discharge-coordinators", "admission")
+                            .is_some()
+                    );
+                }
+                Sector::Psychiatry => {
+                    assert_eq!(route("no_show", "kommune.vordingborg"), ["outreach-team"]);
+                    assert_eq!(
+                        route("plan_change", "kommune.vordingborg"),
+                        ["ward-coordinators"]
+                    );
+                    assert!(
+                        config
+                            .escalation
+                            .rule_for("outreach-team", "no_show")
+                            .is_some()
+                    );
+                }
+                Sector::GeneralPractice => {
+                    for kind in NOTICE_KINDS {
+                        assert_eq!(route(kind, "psykiatri.sjaelland"), ["clinic"]);
+                    }
+                }
+            }
         }
     }
 }
