@@ -63,6 +63,15 @@ pub fn notice_kind(text: &str) -> Option<&'static str> {
     NOTICE_KINDS.iter().copied().find(|kind| *kind == text)
 }
 
+/// Rewrites config kinds in place to their [`NOTICE_KINDS`] names; the
+/// first unknown one is the error.
+pub fn normalize_notice_kinds(kinds: &mut [String]) -> Result<(), String> {
+    for kind in kinds {
+        *kind = notice_kind(kind).ok_or_else(|| kind.clone())?.to_owned();
+    }
+    Ok(())
+}
+
 impl Sector {
     /// The notice kinds an organisation of this sector may send us unless
     /// its `[[peers]]` entry says otherwise: only a hospital admits and
@@ -752,17 +761,16 @@ impl Config {
                 .map(|text| time("revoked_at", text))
                 .transpose()?;
             let may_send = match &p.may_send {
-                Some(kinds) => kinds
-                    .iter()
-                    .map(|kind| {
-                        notice_kind(kind).map(str::to_owned).ok_or_else(|| {
-                            invalid(
-                                &key("may_send"),
-                                format!("unknown notice kind {kind:?}: {NOTICE_KINDS_HINT}"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
+                Some(kinds) => {
+                    let mut kinds = kinds.clone();
+                    normalize_notice_kinds(&mut kinds).map_err(|kind| {
+                        invalid(
+                            &key("may_send"),
+                            format!("unknown notice kind {kind:?}: {NOTICE_KINDS_HINT}"),
+                        )
+                    })?;
+                    kinds
+                }
                 None => p
                     .sector
                     .unwrap_or(Sector::Municipality)

@@ -25,7 +25,7 @@
 //! arrives, whichever is first.
 
 use crate::Millis;
-use crate::config::{NOTICE_KINDS, NOTICE_KINDS_HINT, notice_kind};
+use crate::config::{NOTICE_KINDS, NOTICE_KINDS_HINT, normalize_notice_kinds};
 use crate::routing::{INBOX_NAME_RULE, is_valid_inbox_name};
 use crate::working_hours::WorkingHours;
 
@@ -170,14 +170,8 @@ impl EscalationPolicy {
             if rule.escalate_to == rule.inbox {
                 return Err(EscalationError::EscalatesToItself { rule: i });
             }
-            for kind in &mut rule.kinds {
-                *kind = notice_kind(kind)
-                    .ok_or_else(|| EscalationError::UnknownKind {
-                        rule: i,
-                        kind: kind.clone(),
-                    })?
-                    .to_owned();
-            }
+            normalize_notice_kinds(&mut rule.kinds)
+                .map_err(|kind| EscalationError::UnknownKind { rule: i, kind })?;
             if !(0.0..=MAX_WORKING_HOURS).contains(&rule.within_working_hours) {
                 return Err(EscalationError::InvalidDuration { rule: i });
             }

@@ -30,7 +30,7 @@
 
 use tvaers_proto::v1::Notice;
 
-use crate::config::{NOTICE_KINDS, NOTICE_KINDS_HINT, Sector, notice_kind};
+use crate::config::{NOTICE_KINDS, NOTICE_KINDS_HINT, Sector, normalize_notice_kinds};
 
 /// The inbox everything goes to when the config has no `[inboxes]` section.
 pub const DEFAULT_INBOX: &str = "main";
@@ -206,14 +206,8 @@ impl RoutingTable {
             });
         }
         for (i, rule) in rules.iter_mut().enumerate() {
-            for kind in &mut rule.kinds {
-                *kind = notice_kind(kind)
-                    .ok_or_else(|| RoutingError::UnknownKind {
-                        rule: i,
-                        kind: kind.clone(),
-                    })?
-                    .to_owned();
-            }
+            normalize_notice_kinds(&mut rule.kinds)
+                .map_err(|kind| RoutingError::UnknownKind { rule: i, kind })?;
             for org_id in &rule.from_orgs {
                 tvaers_proto::validate::org_id("from_orgs", org_id).map_err(|e| {
                     RoutingError::InvalidOrgId {

@@ -238,6 +238,11 @@ mod tests {
             .to_string()
     }
 
+    /// The deadline of `working_ms` from Copenhagen time `from`, as [`wall`].
+    fn due(hours: &WorkingHours, from: &str, working_ms: i64) -> String {
+        wall(hours.deadline(cph(from), working_ms))
+    }
+
     fn standard() -> WorkingHours {
         WorkingHours::standard().unwrap()
     }
@@ -257,17 +262,17 @@ mod tests {
         let h = standard();
         // Tuesday 2026-11-24, 09:30 + 4 h = 13:30.
         assert_eq!(
-            wall(h.deadline(cph("2026-11-24T09:30"), 4 * HOUR)),
+            due(&h, "2026-11-24T09:30", 4 * HOUR),
             "Tue 2026-11-24 13:30 +01:00"
         );
         // Filling the window exactly ends at closing, not next morning.
         assert_eq!(
-            wall(h.deadline(cph("2026-11-24T12:00"), 4 * HOUR)),
+            due(&h, "2026-11-24T12:00", 4 * HOUR),
             "Tue 2026-11-24 16:00 +01:00"
         );
         // One minute more carries over to the next opening.
         assert_eq!(
-            wall(h.deadline(cph("2026-11-24T12:00"), 4 * HOUR + 60_000)),
+            due(&h, "2026-11-24T12:00", 4 * HOUR + 60_000),
             "Wed 2026-11-25 08:01 +01:00"
         );
     }
@@ -277,7 +282,7 @@ mod tests {
         let h = standard();
         // Friday 2026-11-27 14:00: 2 h on Friday, 2 h on Monday.
         assert_eq!(
-            wall(h.deadline(cph("2026-11-27T14:00"), 4 * HOUR)),
+            due(&h, "2026-11-27T14:00", 4 * HOUR),
             "Mon 2026-11-30 10:00 +01:00"
         );
     }
@@ -286,28 +291,28 @@ mod tests {
     fn at_night_and_at_the_weekend_counting_starts_at_the_next_opening() {
         let h = standard();
         assert_eq!(
-            wall(h.deadline(cph("2026-11-24T23:10"), 4 * HOUR)),
+            due(&h, "2026-11-24T23:10", 4 * HOUR),
             "Wed 2026-11-25 12:00 +01:00"
         );
         assert_eq!(
-            wall(h.deadline(cph("2026-11-25T03:00"), 4 * HOUR)),
+            due(&h, "2026-11-25T03:00", 4 * HOUR),
             "Wed 2026-11-25 12:00 +01:00"
         );
         // Closing time itself is outside hours.
         assert_eq!(
-            wall(h.deadline(cph("2026-11-25T16:00"), HOUR)),
+            due(&h, "2026-11-25T16:00", HOUR),
             "Thu 2026-11-26 09:00 +01:00"
         );
         for weekend in ["2026-11-28T10:00", "2026-11-29T18:00"] {
             assert_eq!(
-                wall(h.deadline(cph(weekend), 4 * HOUR)),
+                due(&h, weekend, 4 * HOUR),
                 "Mon 2026-11-30 12:00 +01:00",
                 "{weekend}"
             );
         }
         // 20 working hours from Thursday 15:00: 1 + 8 (Fri) + 8 (Mon) + 3.
         assert_eq!(
-            wall(h.deadline(cph("2026-11-26T15:00"), 20 * HOUR)),
+            due(&h, "2026-11-26T15:00", 20 * HOUR),
             "Tue 2026-12-01 11:00 +01:00"
         );
     }
@@ -319,7 +324,7 @@ mod tests {
         assert_eq!(h.deadline(in_hours, 0), in_hours);
         assert_eq!(h.deadline(in_hours, -5), in_hours);
         assert_eq!(
-            wall(h.deadline(cph("2026-11-27T17:00"), 0)),
+            due(&h, "2026-11-27T17:00", 0),
             "Mon 2026-11-30 08:00 +01:00"
         );
     }
@@ -360,22 +365,22 @@ mod tests {
         .unwrap();
         // Spring: 01:00 CET + 2 h = 04:00 CEST (02:00–03:00 never happens).
         assert_eq!(
-            wall(night.deadline(cph("2026-03-29T01:00"), 2 * HOUR)),
+            due(&night, "2026-03-29T01:00", 2 * HOUR),
             "Sun 2026-03-29 04:00 +02:00"
         );
         // The window 00:00–06:00 holds 5 hours: a 6th runs to next Sunday.
         assert_eq!(
-            wall(night.deadline(cph("2026-03-29T00:00"), 6 * HOUR)),
+            due(&night, "2026-03-29T00:00", 6 * HOUR),
             "Sun 2026-04-05 01:00 +02:00"
         );
         // Autumn: 01:00 CEST + 3 h = 03:00 CET (02:00–03:00 happens twice).
         assert_eq!(
-            wall(night.deadline(cph("2026-10-25T01:00"), 3 * HOUR)),
+            due(&night, "2026-10-25T01:00", 3 * HOUR),
             "Sun 2026-10-25 03:00 +01:00"
         );
         // The window holds 7 hours that night.
         assert_eq!(
-            wall(night.deadline(cph("2026-10-25T00:00"), 7 * HOUR)),
+            due(&night, "2026-10-25T00:00", 7 * HOUR),
             "Sun 2026-10-25 06:00 +01:00"
         );
     }
@@ -393,7 +398,7 @@ mod tests {
         // Wednesday 23 December 15:00: 1 h, then Thursday and Friday are
         // holidays, then the weekend: Monday 28th 09:00.
         assert_eq!(
-            wall(christmas.deadline(cph("2026-12-23T15:00"), 2 * HOUR)),
+            due(&christmas, "2026-12-23T15:00", 2 * HOUR),
             "Mon 2026-12-28 09:00 +01:00"
         );
         let always = WorkingHours::new(
