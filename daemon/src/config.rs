@@ -327,15 +327,13 @@ fn default_time_zone() -> String {
     working_hours::DEFAULT_TIME_ZONE.to_owned()
 }
 fn default_working_days() -> Vec<String> {
-    ["mon", "tue", "wed", "thu", "fri"]
-        .map(str::to_owned)
-        .to_vec()
+    working_hours::DEFAULT_DAYS.map(str::to_owned).to_vec()
 }
 fn default_open() -> String {
-    "08:00".to_owned()
+    working_hours::DEFAULT_OPEN.to_owned()
 }
 fn default_close() -> String {
-    "16:00".to_owned()
+    working_hours::DEFAULT_CLOSE.to_owned()
 }
 
 #[derive(Deserialize, Default)]

@@ -267,18 +267,9 @@ impl EscalationPolicy {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::working_hours::{DEFAULT_TIME_ZONE, time_zone};
+    use crate::working_hours::tests::cph;
 
     const HOUR: i64 = 3_600_000;
-
-    fn cph(text: &str) -> Millis {
-        let datetime: jiff::civil::DateTime = text.parse().unwrap();
-        time_zone(DEFAULT_TIME_ZONE)
-            .unwrap()
-            .to_timestamp(datetime)
-            .unwrap()
-            .as_millisecond()
-    }
 
     fn rule(inbox: &str, kinds: &[&str], hours: f64, escalate_to: &str) -> DeadlineRule {
         DeadlineRule {

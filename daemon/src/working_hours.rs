@@ -29,6 +29,12 @@ use crate::Millis;
 
 /// Default time zone of `[working_hours]`.
 pub const DEFAULT_TIME_ZONE: &str = "Europe/Copenhagen";
+/// Default working days, as `working_hours.days` spells them.
+pub const DEFAULT_DAYS: [&str; 5] = ["mon", "tue", "wed", "thu", "fri"];
+/// Default opening time.
+pub const DEFAULT_OPEN: &str = "08:00";
+/// Default closing time.
+pub const DEFAULT_CLOSE: &str = "16:00";
 
 const MINUTES_PER_DAY: u16 = 24 * 60;
 
@@ -129,20 +135,17 @@ impl WorkingHours {
         })
     }
 
-    /// The default calendar: Europe/Copenhagen, Monday to Friday, 08:00 to
-    /// 16:00, no holidays.
+    /// The default calendar: [`DEFAULT_TIME_ZONE`], [`DEFAULT_DAYS`] from
+    /// [`DEFAULT_OPEN`] to [`DEFAULT_CLOSE`], no holidays.
     pub fn standard() -> Result<Self, WorkingHoursError> {
         WorkingHours::new(
             time_zone(DEFAULT_TIME_ZONE)?,
-            vec![
-                Weekday::Monday,
-                Weekday::Tuesday,
-                Weekday::Wednesday,
-                Weekday::Thursday,
-                Weekday::Friday,
-            ],
-            8 * 60,
-            16 * 60,
+            DEFAULT_DAYS
+                .iter()
+                .map(|day| parse_weekday(day))
+                .collect::<Result<_, _>>()?,
+            parse_clock(DEFAULT_OPEN)?,
+            parse_clock(DEFAULT_CLOSE)?,
             [],
         )
     }
@@ -213,13 +216,13 @@ impl WorkingHours {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const HOUR: i64 = 3_600_000;
 
     /// Copenhagen wall-clock time `YYYY-MM-DDTHH:MM` as [`Millis`].
-    fn cph(text: &str) -> Millis {
+    pub(crate) fn cph(text: &str) -> Millis {
         let datetime: DateTime = text.parse().unwrap();
         time_zone(DEFAULT_TIME_ZONE)
             .unwrap()
