@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::Millis;
+use crate::escalation::{DeadlineRule, EscalationPolicy};
+use crate::routing::{RouteRule, RoutingTable};
 use crate::signing::PublicKey;
 use crate::transport::tls::Fingerprint;
+use crate::working_hours::{self, WorkingHours, WorkingHoursError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +53,25 @@ pub const NOTICE_KINDS: [&str; 5] = [
     "correction",
 ];
 
+/// How an error about an unknown notice kind says what is accepted.
+pub const NOTICE_KINDS_HINT: &str = "use admission, discharge, no-show, plan-change or correction";
+
+/// The [`NOTICE_KINDS`] name of a kind as written in the config, where
+/// `no-show` and `no_show` are both accepted; `None` for an unknown kind.
+pub fn notice_kind(text: &str) -> Option<&'static str> {
+    let text = text.replace('-', "_");
+    NOTICE_KINDS.iter().copied().find(|kind| *kind == text)
+}
+
+/// Rewrites config kinds in place to their [`NOTICE_KINDS`] names; the
+/// first unknown one is the error.
+pub fn normalize_notice_kinds(kinds: &mut [String]) -> Result<(), String> {
+    for kind in kinds {
+        *kind = notice_kind(kind).ok_or_else(|| kind.clone())?.to_owned();
+    }
+    Ok(())
+}
+
 impl Sector {
     /// The notice kinds an organisation of this sector may send us unless
     /// its `[[peers]]` entry says otherwise: only a hospital admits and
@@ -85,6 +107,11 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub metrics: MetricsConfig,
     pub peers: Vec<Peer>,
+    /// Which staff inboxes a received notice goes to (`[inboxes]`).
+    pub routing: RoutingTable,
+    /// Handling deadlines per inbox and kind (`[[inboxes.deadlines]]`),
+    /// counted in `[working_hours]`.
+    pub escalation: EscalationPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +253,87 @@ struct FileConfig {
     metrics: FileMetrics,
     #[serde(default)]
     peers: Vec<FilePeer>,
+    inboxes: Option<FileInboxes>,
+    working_hours: Option<FileWorkingHours>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInboxes {
+    default: Option<String>,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+    #[serde(default)]
+    deadlines: Vec<FileDeadline>,
+}
+
+/// Lists default to empty so that a missing `to` is reported by
+/// `RoutingTable::new` under its key rather than as a syntax error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    #[serde(default)]
+    kinds: Vec<String>,
+    #[serde(default)]
+    from_orgs: Vec<String>,
+    #[serde(default)]
+    from_sectors: Vec<Sector>,
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    stop: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDeadline {
+    inbox: String,
+    #[serde(default)]
+    kinds: Vec<String>,
+    within_working_hours: f64,
+    escalate_to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWorkingHours {
+    #[serde(default = "default_time_zone")]
+    time_zone: String,
+    #[serde(default = "default_working_days")]
+    days: Vec<String>,
+    #[serde(default = "default_open")]
+    open: String,
+    #[serde(default = "default_close")]
+    close: String,
+    #[serde(default)]
+    holidays: Vec<String>,
+}
+
+impl Default for FileWorkingHours {
+    fn default() -> Self {
+        FileWorkingHours {
+            time_zone: default_time_zone(),
+            days: default_working_days(),
+            open: default_open(),
+            close: default_close(),
+            holidays: Vec::new(),
+        }
+    }
+}
+
+fn default_time_zone() -> String {
+    working_hours::DEFAULT_TIME_ZONE.to_owned()
+}
+fn default_working_days() -> Vec<String> {
+    working_hours::DEFAULT_DAYS.map(str::to_owned).to_vec()
+}
+fn default_open() -> String {
+    working_hours::DEFAULT_OPEN.to_owned()
+}
+fn default_close() -> String {
+    working_hours::DEFAULT_CLOSE.to_owned()
 }
 
 #[derive(Deserialize, Default)]
@@ -365,6 +473,75 @@ fn default_send_timeout_ms() -> u64 {
 }
 fn default_max_clock_skew_seconds() -> u32 {
     300
+}
+
+/// `[working_hours]` as a calendar; errors as (key, problem).
+fn working_hours(file: &FileWorkingHours) -> Result<WorkingHours, (String, String)> {
+    fn at(key: &'static str) -> impl Fn(WorkingHoursError) -> (String, String) {
+        move |e| (format!("working_hours.{key}"), e.to_string())
+    }
+    let time_zone = working_hours::time_zone(&file.time_zone).map_err(at("time_zone"))?;
+    let days = file
+        .days
+        .iter()
+        .map(|day| working_hours::parse_weekday(day))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(at("days"))?;
+    let open = working_hours::parse_clock(&file.open).map_err(at("open"))?;
+    let close = working_hours::parse_clock(&file.close).map_err(at("close"))?;
+    let holidays = file
+        .holidays
+        .iter()
+        .map(|date| working_hours::parse_date(date))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(at("holidays"))?;
+    WorkingHours::new(time_zone, days, open, close, holidays).map_err(|e| match e {
+        WorkingHoursError::NoWorkingDays => at("days")(e),
+        _ => at("close")(e),
+    })
+}
+
+/// `[inboxes]` and `[working_hours]` as the routing table and the
+/// escalation policy; errors as (key, problem). Without `[inboxes]`
+/// everything goes to one inbox and nothing escalates.
+fn inboxes(
+    file: Option<&FileInboxes>,
+    hours: &FileWorkingHours,
+) -> Result<(RoutingTable, EscalationPolicy), (String, String)> {
+    let hours = working_hours(hours)?;
+    let Some(file) = file else {
+        return Ok((
+            RoutingTable::default(),
+            EscalationPolicy::without_deadlines(hours),
+        ));
+    };
+    let rules = file
+        .routes
+        .iter()
+        .map(|r| RouteRule {
+            kinds: r.kinds.clone(),
+            from_orgs: r.from_orgs.clone(),
+            from_sectors: r.from_sectors.clone(),
+            units: r.units.clone(),
+            to: r.to.clone(),
+            stop: r.stop,
+        })
+        .collect();
+    let routing = RoutingTable::new(file.default.clone(), rules)
+        .map_err(|e| (e.config_key(), e.to_string()))?;
+    let deadlines = file
+        .deadlines
+        .iter()
+        .map(|d| DeadlineRule {
+            inbox: d.inbox.clone(),
+            kinds: d.kinds.clone(),
+            within_working_hours: d.within_working_hours,
+            escalate_to: d.escalate_to.clone(),
+        })
+        .collect();
+    let escalation = EscalationPolicy::new(hours, deadlines, &routing.inboxes())
+        .map_err(|e| (e.config_key(), e.to_string()))?;
+    Ok((routing, escalation))
 }
 
 impl Config {
@@ -582,22 +759,16 @@ impl Config {
                 .map(|text| time("revoked_at", text))
                 .transpose()?;
             let may_send = match &p.may_send {
-                Some(kinds) => kinds
-                    .iter()
-                    .map(|kind| {
-                        let kind = kind.replace('-', "_");
-                        if NOTICE_KINDS.contains(&kind.as_str()) {
-                            Ok(kind)
-                        } else {
-                            Err(invalid(
-                                &key("may_send"),
-                                format!(
-                                    "unknown notice kind {kind:?}: use admission, discharge, no-show, plan-change or correction"
-                                ),
-                            ))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
+                Some(kinds) => {
+                    let mut kinds = kinds.clone();
+                    normalize_notice_kinds(&mut kinds).map_err(|kind| {
+                        invalid(
+                            &key("may_send"),
+                            format!("unknown notice kind {kind:?}: {NOTICE_KINDS_HINT}"),
+                        )
+                    })?;
+                    kinds
+                }
                 None => p
                     .sector
                     .unwrap_or(Sector::Municipality)
@@ -618,6 +789,12 @@ impl Config {
                 may_send,
             });
         }
+
+        let (routing, escalation) = inboxes(
+            file.inboxes.as_ref(),
+            &file.working_hours.unwrap_or_default(),
+        )
+        .map_err(|(key, problem)| invalid(&key, problem))?;
 
         Ok(Config {
             path: path.to_owned(),
@@ -655,6 +832,8 @@ impl Config {
                 listen: metrics_listen,
             },
             peers,
+            routing,
+            escalation,
         })
     }
 
@@ -868,6 +1047,189 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
     }
 
     #[test]
+    fn without_inboxes_everything_goes_to_main_and_nothing_escalates() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!(c.routing, crate::routing::RoutingTable::default());
+        assert_eq!(c.routing.inboxes(), ["main"]);
+        assert!(c.escalation.rules().is_empty());
+        assert_eq!(
+            c.escalation.working_hours().time_zone().iana_name(),
+            Some("Europe/Copenhagen")
+        );
+    }
+
+    const INBOXES: &str = r#"
+[inboxes]
+default = "front-desk"
+
+[[inboxes.routes]]
+kinds = ["admission", "discharge"]
+to = ["discharge-coordinators"]
+
+[[inboxes.routes]]
+kinds = ["no-show"]
+from_sectors = ["psychiatry"]
+units = ["6630011-S2"]
+to = ["housing-support", "housing-support"]
+stop = true
+
+[[inboxes.routes]]
+from_orgs = ["psyk-sjaelland"]
+to = ["psychiatry-liaison"]
+
+[[inboxes.deadlines]]
+inbox = "discharge-coordinators"
+kinds = ["admission"]
+within_working_hours = 4
+escalate_to = "team-leads"
+
+[[inboxes.deadlines]]
+inbox = "housing-support"
+within_working_hours = 1.5
+escalate_to = "team-leads"
+
+[working_hours]
+days = ["mon", "tue", "wed", "thu"]
+open = "07:30"
+close = "15:00"
+holidays = ["2026-12-24"]
+"#;
+
+    #[test]
+    fn inboxes_routes_deadlines_and_working_hours() {
+        use crate::routing::NoticeFacts;
+        let text = format!("{GOOD}{INBOXES}");
+        let c = Config::parse(Path::new("x.toml"), &text).unwrap();
+        let facts = NoticeFacts {
+            kind: "no_show",
+            sender_org: "psyk-sjaelland",
+            sender_sector: Some(Sector::Psychiatry),
+            units: &["6630011-S2"],
+        };
+        assert_eq!(c.routing.route(&facts), ["housing-support"]);
+        let admission = NoticeFacts {
+            kind: "admission",
+            ..facts
+        };
+        assert_eq!(
+            c.routing.route(&admission),
+            ["discharge-coordinators", "psychiatry-liaison"]
+        );
+        let gp = NoticeFacts {
+            sender_org: "praksis.stege",
+            sender_sector: Some(Sector::GeneralPractice),
+            ..facts
+        };
+        assert_eq!(c.routing.route(&gp), ["front-desk"]);
+
+        let rule = c
+            .escalation
+            .rule_for("discharge-coordinators", "admission")
+            .unwrap();
+        assert_eq!(rule.working_ms(), 4 * 3_600_000);
+        assert_eq!(
+            c.escalation
+                .rule_for("housing-support", "plan_change")
+                .unwrap()
+                .working_ms(),
+            90 * 60_000
+        );
+        assert!(
+            c.escalation
+                .rule_for("discharge-coordinators", "discharge")
+                .is_none()
+        );
+        // Thursday 2026-12-24 is a holiday and Friday no working day:
+        // Wednesday 14:00 + 4 h = 1 h on Wednesday, 3 h on Monday from 07:30.
+        let hours = c.escalation.working_hours();
+        let wednesday = parse_time("2026-12-23T13:00:00Z").unwrap();
+        assert_eq!(
+            format_time(hours.deadline(wednesday, 4 * 3_600_000)),
+            "2026-12-28T09:30:00Z"
+        );
+    }
+
+    #[test]
+    fn inbox_errors_name_the_key_and_the_kind() {
+        let with = |inboxes: &str| format!("{GOOD}{inboxes}");
+        let err = |text: String| {
+            Config::parse(Path::new("x.toml"), &text)
+                .unwrap_err()
+                .to_string()
+        };
+
+        // No default, and no-shows are routed only from psychiatry.
+        let unrouted = r#"
+[[inboxes.routes]]
+kinds = ["admission", "discharge", "plan-change", "correction"]
+to = ["coordinators"]
+[[inboxes.routes]]
+kinds = ["no-show"]
+from_sectors = ["psychiatry"]
+to = ["housing-support"]
+"#;
+        let e = err(with(unrouted));
+        assert!(e.contains("key `inboxes`"), "{e}");
+        assert!(
+            e.contains("notice kind no_show would reach no inbox"),
+            "{e}"
+        );
+        let fixed = with(&format!("[inboxes]\ndefault = \"main\"\n{unrouted}"));
+        Config::parse(Path::new("x.toml"), &fixed).unwrap();
+
+        let e = err(with("[inboxes]\n"));
+        assert!(
+            e.contains("notice kinds admission, discharge, no_show, plan_change, correction"),
+            "{e}"
+        );
+
+        for (inboxes, key) in [
+            (r#"inboxes.default = "Front Desk""#, "inboxes.default"),
+            (
+                r#"inboxes = { default = "a", routes = [{ kinds = ["admission"] }] }"#,
+                "inboxes.routes[0].to",
+            ),
+            (
+                r#"inboxes = { default = "a", routes = [{ kinds = ["gossip"], to = ["b"] }] }"#,
+                "inboxes.routes[0].kinds",
+            ),
+            (
+                r#"inboxes = { default = "a", deadlines = [{ inbox = "b", within_working_hours = 1, escalate_to = "c" }] }"#,
+                "inboxes.deadlines[0].inbox",
+            ),
+            (
+                r#"inboxes = { default = "a", deadlines = [{ inbox = "a", within_working_hours = -1, escalate_to = "c" }] }"#,
+                "inboxes.deadlines[0].within_working_hours",
+            ),
+            (
+                r#"working_hours.time_zone = "Mars/Olympus""#,
+                "working_hours.time_zone",
+            ),
+            (r#"working_hours.days = ["monday"]"#, "working_hours.days"),
+            (r#"working_hours.days = []"#, "working_hours.days"),
+            (r#"working_hours.open = "8""#, "working_hours.open"),
+            (r#"working_hours.close = "07:00""#, "working_hours.close"),
+            (
+                r#"working_hours.holidays = ["24/12"]"#,
+                "working_hours.holidays",
+            ),
+        ] {
+            // Dotted keys at the top level: before GOOD's first table.
+            let e = err(format!("{inboxes}\n{GOOD}"));
+            assert!(e.contains(&format!("key `{key}`")), "{key}: {e}");
+        }
+        // Unknown keys and sectors are refused by the parser, naming them.
+        let e = err(with(
+            "[[inboxes.routes]]\nto = [\"b\"]\nsector = \"psychiatry\"\n",
+        ));
+        assert!(e.contains("sector"), "{e}");
+        let e = err(with(
+            "[[inboxes.routes]]\nto = [\"b\"]\nfrom_sectors = [\"dentistry\"]\n",
+        ));
+        assert!(e.contains("dentistry"), "{e}");
+    }
+
+    #[test]
     fn the_example_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         for (file, sector) in [
@@ -878,6 +1240,49 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
             let config = Config::load(&dir.join(file)).unwrap();
             assert_eq!(config.site.sector, sector, "{file}");
             assert_eq!(config.peers.len(), 2, "{file}");
+            let route = |kind: &str, sender: &str| {
+                let peer = config.peer(sender).unwrap();
+                config.routing.route(&crate::routing::NoticeFacts {
+                    kind,
+                    sender_org: sender,
+                    sender_sector: peer.sector,
+                    units: &[],
+                })
+            };
+            match sector {
+                Sector::Municipality => {
+                    let hospital = "psykiatri.sjaelland";
+                    assert_eq!(route("admission", hospital), ["discharge-coordinators"]);
+                    assert_eq!(route("discharge", hospital), ["discharge-coordinators"]);
+                    assert_eq!(route("no_show", "praksis.stege"), ["housing-support"]);
+                    assert_eq!(route("plan_change", hospital), ["caseworkers"]);
+                    assert_eq!(route("correction", hospital).len(), 3);
+                    assert!(
+                        config
+                            .escalation
+                            .rule_for("discharge-coordinators", "admission")
+                            .is_some()
+                    );
+                }
+                Sector::Psychiatry => {
+                    assert_eq!(route("no_show", "kommune.vordingborg"), ["outreach-team"]);
+                    assert_eq!(
+                        route("plan_change", "kommune.vordingborg"),
+                        ["ward-coordinators"]
+                    );
+                    assert!(
+                        config
+                            .escalation
+                            .rule_for("outreach-team", "no_show")
+                            .is_some()
+                    );
+                }
+                Sector::GeneralPractice => {
+                    for kind in NOTICE_KINDS {
+                        assert_eq!(route(kind, "psykiatri.sjaelland"), ["clinic"]);
+                    }
+                }
+            }
         }
     }
 }

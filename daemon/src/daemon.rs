@@ -200,6 +200,7 @@ pub async fn run(
         max_clock_skew_ms: config.delivery.max_clock_skew_ms,
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
+        routing: config.routing.clone(),
         store: store.clone(),
         citizen_refs: audit_keys.citizens.clone(),
         newest_cursor,

@@ -8,6 +8,8 @@
 //! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`] |
 //! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
 //! | the peer receives it | [`receive`] |
+//! | it is routed to staff inboxes | [`routing`] |
+//! | its handling deadline passes | [`escalation`] (no I/O), in [`working_hours`] |
 //! | it is read from the inbox | [`api::inbox`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
@@ -23,13 +25,16 @@ pub mod batch;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod escalation;
 pub mod identity;
 pub mod metrics;
 pub mod peers;
 pub mod receive;
+pub mod routing;
 pub mod signing;
 pub mod store;
 pub mod transport;
+pub mod working_hours;
 
 /// Wall-clock time as UTC milliseconds since the Unix epoch: the unit every
 /// stored and transmitted time uses.

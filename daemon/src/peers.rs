@@ -24,7 +24,7 @@ use tokio::sync::{RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
 use tvaers_proto::cpr::Cpr;
 
-use crate::config::Peer;
+use crate::config::{Peer, Sector};
 use crate::delivery::CitizenKeys;
 use crate::delivery::driver::{DriverSettings, PeerDriver, PeerTarget};
 use crate::delivery::machine::Pending;
@@ -43,6 +43,7 @@ pub const REMOVED_REASON: &str = "peer removed";
 struct Policy {
     may_send: Vec<String>,
     signing_key: Option<PublicKey>,
+    sector: Option<Sector>,
 }
 
 /// One active peer: its configuration and its driver.
@@ -124,6 +125,15 @@ impl PeerSet {
             .and_then(|policy| policy.signing_key)
     }
 
+    /// The sector `peer`'s entry names, if any (for routing).
+    pub fn sector(&self, peer: &str) -> Option<Sector> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .and_then(|policy| policy.sector)
+    }
+
     /// Every configured peer (revoked ones too), as last applied.
     pub async fn configured(&self) -> Vec<Peer> {
         self.configured.read().await.clone()
@@ -162,6 +172,7 @@ impl PeerSet {
                 let policy = Policy {
                     may_send: p.may_send.clone(),
                     signing_key: p.signing_key,
+                    sector: p.sector,
                 };
                 (p.org_id.clone(), policy)
             })

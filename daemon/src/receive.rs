@@ -22,13 +22,11 @@ use crate::batch::GroupCommit;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::peers::PeerSet;
+use crate::routing::{NoticeFacts, RoutingTable, unit_codes};
 use crate::signing::{OpenError, SigningKey};
 use crate::store::{AcceptOutcome, IncomingNotice, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
-
-/// The team inbox of every item until routing rules place it elsewhere.
-pub const DEFAULT_INBOX: &str = "main";
 
 /// Stable reason codes of rejection receipts.
 pub mod reason {
@@ -58,6 +56,8 @@ pub struct Receiver {
     pub signing_key: Arc<SigningKey>,
     pub max_frame_bytes: u32,
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
+    /// Which team inboxes an accepted notice goes to.
+    pub routing: RoutingTable,
     /// Where rejections are recorded (see [`crate::audit`]).
     pub store: Arc<dyn Store>,
     pub citizen_refs: CitizenHasher,
@@ -187,6 +187,17 @@ impl Receiver {
         let _ = send.finish();
         // Let the receipt leave before the stream's state is dropped.
         let _ = send.stopped().await;
+    }
+
+    /// The team inboxes an accepted notice goes to.
+    fn routes(&self, peer: &str, kind: &str, notice: Option<&v1::Notice>) -> Vec<String> {
+        let units = notice.map(unit_codes).unwrap_or_default();
+        self.routing.route(&NoticeFacts {
+            kind,
+            sender_org: peer,
+            sender_sector: self.peers.sector(peer),
+            units: &units,
+        })
     }
 
     /// Logs, counts, audits and signs a permanent rejection.
@@ -386,7 +397,7 @@ impl Receiver {
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
             citizen,
-            inboxes: vec![DEFAULT_INBOX.to_owned()],
+            inboxes: self.routes(peer, kind, envelope.notice.as_ref()),
         };
         match self.inbox.run(incoming).await {
             Ok(outcome) => {

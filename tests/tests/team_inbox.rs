@@ -1,0 +1,158 @@
+//! Team inboxes end to end: a municipality's routing rules place each
+//! received notice in the right team inboxes, and staff read and handle it
+//! there through the client library.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tvaers_client::{ClientError, Submission, v1};
+use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
+use tvaers_proto::validate::sample;
+
+const CPR: &str = "0707814321";
+const WAIT: Duration = Duration::from_secs(30);
+
+const ROUTES: &str = r#"
+[inboxes]
+default = "caseworkers"
+
+[[inboxes.routes]]
+kinds = ["admission", "discharge"]
+to = ["discharge-coordinators"]
+
+[[inboxes.routes]]
+kinds = ["no-show"]
+to = ["housing-support"]
+
+[[inboxes.routes]]
+kinds = ["correction"]
+to = ["discharge-coordinators", "housing-support"]
+"#;
+
+fn cursors(items: &[v1::InboxItem]) -> Vec<u64> {
+    items.iter().map(|item| item.cursor).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routed_items_are_read_and_handled_per_team_inbox() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    // Tables go before the first `[[peers]]` array of tables.
+    sites
+        .edit_config(kommune, |text| {
+            text.replacen("\n[[peers]]", &format!("{ROUTES}\n[[peers]]"), 1)
+        })
+        .unwrap();
+    sites.start_all().await.unwrap();
+
+    let sender = sites.client(psyk).await.unwrap();
+    let mut ids = Vec::new();
+    for (key, notice) in [
+        ("t-1", sample::admission(CPR)),
+        ("t-2", sample::no_show(CPR)),
+        ("t-3", sample::plan_change(CPR, kommune)),
+    ] {
+        let submitted = sender
+            .submit(Submission::new(notice).idempotency_key(key).to(kommune))
+            .await
+            .unwrap();
+        ids.push(submitted.notice_id);
+    }
+    for id in &ids {
+        let status = sender.wait_delivered(id, WAIT).await.unwrap();
+        assert!(status.all_delivered(), "{status:?}");
+    }
+
+    let staff = sites.client(kommune).await.unwrap();
+    let all = staff.list_inbox(0, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let (admission, no_show, plan) = (all[0].cursor, all[1].cursor, all[2].cursor);
+    let coordinators = staff
+        .list_team_inbox("discharge-coordinators", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(cursors(&coordinators), [admission]);
+    let housing = staff
+        .list_team_inbox("housing-support", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(cursors(&housing), [no_show]);
+    // No rule for plan changes: the default inbox.
+    let caseworkers = staff.list_team_inbox("caseworkers", 0, 10).await.unwrap();
+    assert_eq!(cursors(&caseworkers), [plan]);
+    let placement = &coordinators[0].placements[0];
+    assert_eq!(
+        (placement.inbox.as_str(), placement.state.as_str()),
+        ("discharge-coordinators", "new")
+    );
+
+    assert!(
+        staff
+            .mark_read(admission, "discharge-coordinators", "Ane Holm")
+            .await
+            .unwrap()
+    );
+    let handler = v1::Contact {
+        name: "Ane Holm".into(),
+        role: "udskrivningskoordinator".into(),
+        phone: "+45 55 55 12 34".into(),
+        email: String::new(),
+    };
+    assert!(
+        staff
+            .mark_handled(
+                admission,
+                "discharge-coordinators",
+                handler.clone(),
+                "home visit booked"
+            )
+            .await
+            .unwrap()
+    );
+    // A second handler does not replace the first.
+    let other = v1::Contact {
+        name: "Bo Berg".into(),
+        ..handler.clone()
+    };
+    assert!(
+        !staff
+            .mark_handled(admission, "discharge-coordinators", other, "")
+            .await
+            .unwrap()
+    );
+    let item = staff
+        .list_team_inbox("discharge-coordinators", 0, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let placement = &item.placements[0];
+    assert_eq!(placement.state, "handled");
+    assert_eq!(placement.read_by, "Ane Holm");
+    assert_eq!(placement.handled_by, "Ane Holm");
+    assert_eq!(placement.note, "home visit booked");
+    assert_eq!(placement.contact.as_ref(), Some(&handler));
+    assert!(placement.handled_at_ms >= placement.read_at_ms && placement.read_at_ms > 0);
+
+    // Handling in an inbox the item was not routed to names the inbox.
+    match staff
+        .mark_read(no_show, "discharge-coordinators", "Ane Holm")
+        .await
+    {
+        Err(ClientError::NotFound { message }) => {
+            assert!(message.contains("discharge-coordinators"), "{message}")
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A handler without a name is refused, naming the field.
+    match staff
+        .mark_handled(no_show, "housing-support", v1::Contact::default(), "")
+        .await
+    {
+        Err(ClientError::InvalidArgument { message }) => {
+            assert!(message.contains("handler.name"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    let logs = sites.all_logs();
+    assert!(!logs.contains(CPR), "a CPR number appears in the logs");
+}
