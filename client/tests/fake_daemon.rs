@@ -31,6 +31,9 @@ fn item(cursor: u64) -> v1::InboxItem {
             ..Default::default()
         }),
         acked_at_ms: 0,
+        purged_at_ms: 0,
+        sender: "region-h".into(),
+        notice_id: format!("notice-{cursor}"),
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Start-up order: store, keys, QUIC endpoint, writers (group commits),
 //! one delivery driver per peer (reloaded from the outbox), the receive
-//! loop, then the local API. Shutdown runs the other way: stop taking new
+//! loop, the local API, then the retention purge (at once, then hourly). Shutdown runs the other way: stop taking new
 //! work (API, incoming streams), let the writes in progress commit, let the
 //! drivers record the outcomes they hold, then close the store. Nothing
 //! acknowledged is lost: a submit is answered only after its commit, and a
@@ -235,8 +235,10 @@ pub async fn run(
         signing_key: signing_public_key,
         certificate_not_after_ms,
         started_at_ms,
+        retention: config.retention,
     });
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
+    let purger = crate::retention::spawn(store.clone(), config.retention, shutdown.clone());
 
     tracing::info!(
         org = %config.site.org_id,
@@ -272,6 +274,7 @@ pub async fn run(
     drop(state);
     let _ = submit_writer.await;
     let _ = accept_writer.await;
+    let _ = purger.await;
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

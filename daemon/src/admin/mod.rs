@@ -3,7 +3,8 @@
 //! operator, may manage trust; local systems use the 0660 local API).
 //!
 //! One file per concern: [`status`], [`reload`] (peers from the config file,
-//! applied without a restart), [`outbox`] (list, retry, cancel).
+//! applied without a restart), [`outbox`] (list, retry, cancel), [`verify`]
+//! (stored signatures), [`purge`] (retention on demand).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tvaers_proto::v1;
 use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
 
-use crate::config::Site;
+use crate::config::{RetentionConfig, Site};
 use crate::peers::PeerSet;
 use crate::signing::PublicKey;
 use crate::store::Store;
@@ -20,6 +21,7 @@ use crate::transport::tls::Fingerprint;
 use crate::{Millis, api};
 
 pub mod outbox;
+pub mod purge;
 pub mod reload;
 pub mod status;
 pub mod verify;
@@ -40,6 +42,8 @@ pub struct AdminState {
     pub signing_key: PublicKey,
     pub certificate_not_after_ms: Option<Millis>,
     pub started_at_ms: Millis,
+    /// For `Purge`: the same setting the hourly purge uses.
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,15 @@ impl AdminApi for AdminService {
         request: Request<v1::VerifyNoticeRequest>,
     ) -> Result<Response<v1::VerifyNoticeResponse>, Status> {
         verify::verify_notice(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn purge(
+        &self,
+        request: Request<v1::PurgeRequest>,
+    ) -> Result<Response<v1::PurgeResponse>, Status> {
+        purge::purge(&self.state, request.into_inner())
             .await
             .map(Response::new)
     }

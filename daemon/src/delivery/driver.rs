@@ -614,7 +614,7 @@ mod tests {
     use super::*;
     use crate::store::{
         AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-        OutboxFilter, OutboxItem, StoreCounts, SubmitOutcome,
+        OutboxFilter, OutboxItem, PurgeReport, StoreCounts, SubmitOutcome,
     };
     use crate::transport::endpoint::EndpointSettings;
     use crate::transport::tls::{Identity, TrustStore};
@@ -698,6 +698,9 @@ mod tests {
             unimplemented!("not used by the driver")
         }
         async fn counts(&self) -> Result<StoreCounts, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn purge_bodies(&self, _: Millis, _: Millis, _: bool) -> Result<PurgeReport, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}
