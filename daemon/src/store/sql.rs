@@ -825,14 +825,14 @@ macro_rules! sql_store {
                     const OP: &str = "purge_bodies";
                     let error = query_error(OP);
                     // The conditions match the partial indexes of migration 0006.
-                    let outbox_where = |query: &mut QueryBuilder<'_, $db>| {
+                    let outbox_where = |query: &mut QueryBuilder<$db>| {
                         query.push(
                             " WHERE purged_at_ms IS NULL AND state IN ('delivered', 'failed') \
                              AND finished_at_ms < ",
                         );
                         query.push_bind(cutoff_ms);
                     };
-                    let inbox_where = |query: &mut QueryBuilder<'_, $db>| {
+                    let inbox_where = |query: &mut QueryBuilder<$db>| {
                         query.push(
                             " WHERE purged_at_ms IS NULL AND acked_at_ms IS NOT NULL \
                              AND acked_at_ms < ",
