@@ -543,3 +543,20 @@ pub fn find_or_build_binary(package: &str, bin: &str, env_override: &str) -> Res
     }
     Ok(binary)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpr_leaks_finds_plain_and_dashed_numbers_and_masks_them() {
+        let text = "start\nciti 0707814321 here\nclean\nalso 070781-4321\n";
+        let leaks = cpr_leaks(text, &["0707814321", "1203925678"]);
+        assert_eq!(
+            leaks,
+            ["line 2: citi ########## here", "line 4: also ##########"]
+        );
+        assert!(cpr_leaks("0707814320 070781 4321", &["0707814321"]).is_empty());
+    }
+}

@@ -597,20 +597,21 @@ async fn exchange(
 }
 
 /// Checks the peer's answer to the notice `notice_id`: an acceptance must
-/// be signed by the peer's pinned key, and any receipt must be about that
-/// notice (a receipt for another one, e.g. from a confused or replaying
-/// peer, would otherwise be stored as proof of delivery of this one).
+/// be signed by the peer's pinned key and name that notice, and a receipt
+/// naming another one is refused (from a confused or replaying peer it
+/// would otherwise be stored as proof of delivery, or cause of failure, of
+/// this one).
 fn check_reply(
     response: v1::PeerResponse,
     signing_key: Option<&PublicKey>,
     notice_id: &str,
 ) -> Result<Reply, Exchange> {
-    let (reply, signed) = match response.body {
+    let reply = match response.body {
         Some(v1::peer_response::Body::SignedReceipt(signed)) => {
             let key = signing_key.ok_or(Exchange::NoSigningKey)?;
             let receipt = key.open_receipt(&signed).map_err(Exchange::BadReceipt)?;
             let stored = signed.encode_to_vec();
-            (Reply { receipt, stored }, true)
+            Reply { receipt, stored }
         }
         // A receiver answers unsigned only when it could not read the
         // request at all; that can be a rejection, never an acceptance.
@@ -622,14 +623,16 @@ fn check_reply(
                 signature: Vec::new(),
             }
             .encode_to_vec();
-            (Reply { receipt, stored }, false)
+            Reply { receipt, stored }
         }
         Some(v1::peer_response::Body::Receipt(_)) => return Err(Exchange::UnsignedAcceptance),
         None => return Err(Exchange::NoReceipt),
     };
-    // An unsigned rejection of a request the peer could not read names no
-    // notice; one that names a notice must name this one.
-    if (signed || !reply.receipt.notice_id.is_empty()) && reply.receipt.notice_id != notice_id {
+    // A rejection of an envelope the peer could not read or verify (it
+    // checks the signature before decoding) names no notice; any other
+    // receipt, and every acceptance, must name this one.
+    let accepted = reply.receipt.outcome == v1::ReceiptOutcome::Accepted as i32;
+    if reply.receipt.notice_id != notice_id && (accepted || !reply.receipt.notice_id.is_empty()) {
         return Err(Exchange::ReceiptForOtherNotice {
             sent: notice_id.to_owned(),
             received: reply.receipt.notice_id,
@@ -973,6 +976,18 @@ mod tests {
             check_reply(signed_reply(&peer, &rejected), Some(&pinned), "n-sent"),
             Err(Exchange::ReceiptForOtherNotice { .. })
         ));
+        // An acceptance naming no notice proves nothing either.
+        let nameless = receipt("", v1::ReceiptOutcome::Accepted);
+        assert!(matches!(
+            check_reply(signed_reply(&peer, &nameless), Some(&pinned), "n-sent"),
+            Err(Exchange::ReceiptForOtherNotice { .. })
+        ));
+        // A rejection of an envelope whose signature did not verify names
+        // no notice (the receiver does not decode what it cannot verify).
+        let unverified = receipt("", v1::ReceiptOutcome::RejectedPermanent);
+        let reply =
+            check_reply(signed_reply(&peer, &unverified), Some(&pinned), "n-sent").unwrap();
+        assert_eq!(reply.receipt, unverified);
 
         // The id is checked after the signature: a forged receipt stays a
         // bad signature whatever it names.
