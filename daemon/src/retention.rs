@@ -134,7 +134,10 @@ mod tests {
                 assert!(items[0].envelope.is_empty());
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "not purged at start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not purged at start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         shutdown.cancel();

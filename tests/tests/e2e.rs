@@ -64,7 +64,10 @@ fn assert_no_cpr_in_logs(sites: &Sites, cprs: &[&str]) {
     let logs = sites.all_logs();
     assert!(!logs.is_empty());
     let leaks = cpr_leaks(&logs, cprs);
-    assert!(leaks.is_empty(), "a CPR number appears in the logs: {leaks:?}");
+    assert!(
+        leaks.is_empty(),
+        "a CPR number appears in the logs: {leaks:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,7 +33,9 @@ const DELIVERY: Duration = Duration::from_secs(30);
 
 fn submission(key: &str, notice: v1::Notice, to: &[&str]) -> Submission {
     to.iter()
-        .fold(Submission::new(notice).idempotency_key(key), |s, r| s.to(*r))
+        .fold(Submission::new(notice).idempotency_key(key), |s, r| {
+            s.to(*r)
+        })
 }
 
 async fn submit(client: &Client, key: &str, notice: v1::Notice, to: &[&str]) -> String {
@@ -124,7 +126,11 @@ async fn no_cpr_appears_in_any_daemon_output_at_trace_level() {
 
     // An invalid CPR: the error names the field, not the value.
     let error = psychiatry
-        .submit(submission("bad", sample::admission(CPR_INVALID), &[kommune]))
+        .submit(submission(
+            "bad",
+            sample::admission(CPR_INVALID),
+            &[kommune],
+        ))
         .await
         .unwrap_err();
     match &error {
@@ -137,24 +143,19 @@ async fn no_cpr_appears_in_any_daemon_output_at_trace_level() {
     assert!(cpr_leaks(&format!("{error} {error:?}"), &ALL_CPRS).is_empty());
     // So does a refused idempotency key reuse (its content differs).
     let reused = psychiatry
-        .submit(submission("dup", sample::discharge(CPR_DUPLICATE), &[kommune]))
+        .submit(submission(
+            "dup",
+            sample::discharge(CPR_DUPLICATE),
+            &[kommune],
+        ))
         .await
         .unwrap_err();
-    assert!(
-        matches!(reused, ClientError::Conflict { .. }),
-        "{reused:?}"
-    );
+    assert!(matches!(reused, ClientError::Conflict { .. }), "{reused:?}");
     assert!(cpr_leaks(&format!("{reused} {reused:?}"), &ALL_CPRS).is_empty());
 
     // A peer that is down, then comes up.
     sites.stop(gp).await.unwrap();
-    let waiting = submit(
-        &municipality,
-        "down",
-        sample::no_show(CPR_PEER_DOWN),
-        &[gp],
-    )
-    .await;
+    let waiting = submit(&municipality, "down", sample::no_show(CPR_PEER_DOWN), &[gp]).await;
     let deadline = tokio::time::Instant::now() + DELIVERY;
     loop {
         let status = municipality.delivery_status(&waiting).await.unwrap();
@@ -188,7 +189,13 @@ async fn no_cpr_appears_in_any_daemon_output_at_trace_level() {
     sites
         .edit_config(kommune, |text| text.replace(&right_key, &wrong_key))
         .unwrap();
-    sites.admin(kommune).await.unwrap().reload_peers().await.unwrap();
+    sites
+        .admin(kommune)
+        .await
+        .unwrap()
+        .reload_peers()
+        .await
+        .unwrap();
     let forged = submit(
         &psychiatry,
         "sig",
@@ -212,7 +219,11 @@ async fn no_cpr_appears_in_any_daemon_output_at_trace_level() {
     let output = sites.all_logs();
     // The search can only fail if there is output to search: TRACE lines
     // of the daemon and of its dependencies, naming every site.
-    assert!(output.len() > 100_000, "only {} bytes of output", output.len());
+    assert!(
+        output.len() > 100_000,
+        "only {} bytes of output",
+        output.len()
+    );
     assert!(output.contains("TRACE"), "no TRACE lines");
     for dependency in ["quinn", "rustls", "h2", "sqlx"] {
         assert!(

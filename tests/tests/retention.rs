@@ -95,7 +95,13 @@ async fn purge_removes_delivered_and_acknowledged_bodies_and_keeps_the_rest() {
     let item = &items[0];
     assert_eq!(item.purged_at_ms, 0);
     assert_eq!(
-        item.envelope.as_ref().unwrap().notice.as_ref().unwrap().citizen_cpr,
+        item.envelope
+            .as_ref()
+            .unwrap()
+            .notice
+            .as_ref()
+            .unwrap()
+            .citizen_cpr,
         CPR
     );
 
@@ -154,7 +160,10 @@ async fn purge_removes_delivered_and_acknowledged_bodies_and_keeps_the_rest() {
         assert_eq!(code, 0, "{out}");
         let checks = json(&out)["checks"].as_array().unwrap().clone();
         let receipt = checks.iter().find(|c| c["item"] == "receipt").unwrap();
-        assert_eq!(receipt["valid"], true, "the receipt is kept and checked: {out}");
+        assert_eq!(
+            receipt["valid"], true,
+            "the receipt is kept and checked: {out}"
+        );
     }
 
     for org in [kommune, psyk] {

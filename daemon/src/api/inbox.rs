@@ -20,15 +20,17 @@ const PAGE: u32 = 100;
 fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
     let envelope = match record.purged_at_ms {
         Some(_) => None,
-        None => Some(tvaers_proto::open_envelope(&record.envelope).ok_or_else(|| {
-            super::internal(
-                "inbox read",
-                format!(
-                    "stored envelope at cursor {} does not decode",
-                    record.cursor
-                ),
-            )
-        })?),
+        None => Some(
+            tvaers_proto::open_envelope(&record.envelope).ok_or_else(|| {
+                super::internal(
+                    "inbox read",
+                    format!(
+                        "stored envelope at cursor {} does not decode",
+                        record.cursor
+                    ),
+                )
+            })?,
+        ),
     };
     Ok(v1::InboxItem {
         cursor: record.cursor,

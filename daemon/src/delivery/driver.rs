@@ -761,7 +761,12 @@ mod tests {
         async fn counts(&self) -> Result<StoreCounts, StoreError> {
             unimplemented!("not used by the driver")
         }
-        async fn purge_bodies(&self, _: Millis, _: Millis, _: bool) -> Result<PurgeReport, StoreError> {
+        async fn purge_bodies(
+            &self,
+            _: Millis,
+            _: Millis,
+            _: bool,
+        ) -> Result<PurgeReport, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}
@@ -967,7 +972,10 @@ mod tests {
             "{error:?}"
         );
         let text = error.to_string();
-        assert!(text.contains("n-sent") && text.contains("n-other"), "{text}");
+        assert!(
+            text.contains("n-sent") && text.contains("n-other"),
+            "{text}"
+        );
 
         // A signed rejection of another notice is refused too: it would
         // fail this one permanently.
@@ -985,8 +993,7 @@ mod tests {
         // A rejection of an envelope whose signature did not verify names
         // no notice (the receiver does not decode what it cannot verify).
         let unverified = receipt("", v1::ReceiptOutcome::RejectedPermanent);
-        let reply =
-            check_reply(signed_reply(&peer, &unverified), Some(&pinned), "n-sent").unwrap();
+        let reply = check_reply(signed_reply(&peer, &unverified), Some(&pinned), "n-sent").unwrap();
         assert_eq!(reply.receipt, unverified);
 
         // The id is checked after the signature: a forged receipt stays a

@@ -1098,9 +1098,7 @@ async fn outbox_rows(store: &dyn Store, notice_id: &str) -> Vec<OutboxItem> {
 /// Retention empties the bodies of outbox rows finished before the cutoff
 /// and of inbox items acknowledged before it, and nothing else; metadata
 /// and receipts stay; a dry run changes nothing; a second run finds nothing.
-pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(
-    store: &dyn Store,
-) {
+pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(store: &dyn Store) {
     const CUTOFF: Millis = 5_000;
     const NOW: Millis = 6_000;
     let seqs = stored_seqs(&submit_one(store, notice("n-1", "k-1", &["a", "b", "c", "d"])).await);
@@ -1156,7 +1154,11 @@ pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(
         store.purge_bodies(CUTOFF, NOW, true).await.unwrap(),
         expected
     );
-    assert_eq!(outbox_rows(store, "n-1").await, before, "a dry run changes nothing");
+    assert_eq!(
+        outbox_rows(store, "n-1").await,
+        before,
+        "a dry run changes nothing"
+    );
     assert_eq!(store.inbox_after(0, 10, false).await.unwrap(), inbox_before);
 
     assert_eq!(
@@ -1167,7 +1169,11 @@ pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(
     for (row, old) in after.iter().zip(&before) {
         let purged = row.seq == seqs[0] || row.seq == seqs[1];
         if purged {
-            assert!(row.envelope.is_empty(), "row {} keeps its body", row.recipient);
+            assert!(
+                row.envelope.is_empty(),
+                "row {} keeps its body",
+                row.recipient
+            );
             assert_eq!(row.purged_at_ms, Some(NOW));
             let kept = OutboxItem {
                 envelope: old.envelope.clone(),
@@ -1204,7 +1210,10 @@ pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(
 
     // Idempotent: nothing is due again, and the first purge time stays.
     assert_eq!(
-        store.purge_bodies(CUTOFF, NOW + 1_000, false).await.unwrap(),
+        store
+            .purge_bodies(CUTOFF, NOW + 1_000, false)
+            .await
+            .unwrap(),
         PurgeReport::default()
     );
     assert_eq!(outbox_rows(store, "n-1").await, after);
@@ -1214,7 +1223,10 @@ pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(
     // A later cutoff takes the rows finished at the first one; the row in
     // flight and the unacknowledged item are never purged.
     assert_eq!(
-        store.purge_bodies(EXPIRES_AT * 2, NOW, false).await.unwrap(),
+        store
+            .purge_bodies(EXPIRES_AT * 2, NOW, false)
+            .await
+            .unwrap(),
         PurgeReport {
             outbox_rows: 1,
             inbox_items: 1,
