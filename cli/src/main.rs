@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    audit, card as card_cmd, inbox, init, keys, outbox, peer, send, status, verify,
+    audit, card as card_cmd, inbox, init, keys, outbox, peer, purge, send, status, verify,
 };
 use crate::error::exit;
 use crate::output::Output;
@@ -88,6 +88,23 @@ enum Command {
         /// The notice id (see `tvaers outbox list` / `tvaers inbox list`).
         notice_id: String,
     },
+    /// Purge notice bodies past retention now (the daemon also does this
+    /// hourly).
+    ///
+    /// A body is the signed envelope: the CPR number and health details.
+    /// It is purged `retention.body_days` (config, default 30) after its
+    /// notice was delivered or failed (sent) or acknowledged (received);
+    /// with `body_days = 0` as soon as that happened. Kept: notice ids,
+    /// senders and recipients, times, delivery states and errors, and the
+    /// signed receipts. Afterwards `tvaers inbox show` and `tvaers verify`
+    /// say "body purged on <date>". Notices still to deliver and inbox items
+    /// not acknowledged are never purged.
+    #[command(verbatim_doc_comment)]
+    Purge {
+        /// Only count what would be purged now; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,6 +133,7 @@ fn main() -> ExitCode {
             Command::Send(c) => send::run(*c, &config, out).await,
             Command::Audit(c) => audit::run(c, &config, out).await,
             Command::Verify { notice_id } => verify::run(notice_id, &config, out).await,
+            Command::Purge { dry_run } => purge::run(dry_run, &config, out).await,
         }
     });
     match result {

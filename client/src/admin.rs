@@ -1,6 +1,7 @@
 //! The daemon's admin API (`tvaers.v1.AdminApi`), for the `tvaers` CLI and
-//! operators' scripts: status, peer reloads and outbox management. It
-//! listens on its own Unix socket (mode 0600), apart from the local API.
+//! operators' scripts: status, peer reloads, outbox management, signature
+//! checks and the retention purge. It listens on its own Unix socket (mode
+//! 0600), apart from the local API.
 
 use std::path::Path;
 
@@ -111,6 +112,17 @@ impl AdminClient {
             })
             .await
             .map(|r| r.into_inner().checks)
+            .map_err(|s| self.map(s))
+    }
+
+    /// Runs the retention purge now, or with `dry_run` counts what it
+    /// would take.
+    pub async fn purge(&self, dry_run: bool) -> Result<v1::PurgeResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .purge(v1::PurgeRequest { dry_run })
+            .await
+            .map(tonic::Response::into_inner)
             .map_err(|s| self.map(s))
     }
 

@@ -174,7 +174,9 @@ impl Client {
 
     /// Inbox items with a cursor greater than `after_cursor` (0 for the
     /// start), at most `limit` of them (0 means the daemon's default, 100),
-    /// acknowledged or not.
+    /// acknowledged or not. An item acknowledged long enough ago to be past
+    /// the daemon's retention has no envelope and a non-zero
+    /// `purged_at_ms`; its `sender` and `notice_id` are still set.
     pub async fn list_inbox(
         &self,
         after_cursor: u64,

@@ -32,6 +32,9 @@ fn item(cursor: u64) -> v1::InboxItem {
         }),
         acked_at_ms: 0,
         placements: Vec::new(),
+        purged_at_ms: 0,
+        sender: "region-h".into(),
+        notice_id: format!("notice-{cursor}"),
     }
 }
 

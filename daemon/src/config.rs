@@ -106,6 +106,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
     pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
     pub peers: Vec<Peer>,
     /// Which staff inboxes a received notice goes to (`[inboxes]`).
     pub routing: RoutingTable,
@@ -180,6 +181,26 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// How long notice bodies are kept once finished (see
+/// [`crate::retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Days after delivery (or failure) of an outbox row, or after the
+    /// acknowledgement of an inbox item, that its body is purged; 0 purges
+    /// it at the next run after that.
+    pub body_days: u32,
+}
+
+/// Default of `retention.body_days`. A body here is a transport copy: the
+/// clinical record lives in the EHR or case system that submitted or
+/// acknowledged it. It is kept long enough to settle a dispute about what
+/// was sent (which the stored signatures prove only while the signed bytes
+/// exist), and no longer, because a copy kept is a copy that can leak.
+pub const DEFAULT_RETENTION_BODY_DAYS: u32 = 30;
+
+/// Ten years: more is not retention.
+const MAX_RETENTION_BODY_DAYS: u32 = 3_650;
+
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub ttl_seconds: u64,
@@ -251,6 +272,8 @@ struct FileConfig {
     delivery: FileDelivery,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    retention: FileRetention,
     #[serde(default)]
     peers: Vec<FilePeer>,
     inboxes: Option<FileInboxes>,
@@ -334,6 +357,25 @@ fn default_open() -> String {
 }
 fn default_close() -> String {
     working_hours::DEFAULT_CLOSE.to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    #[serde(default = "default_retention_body_days")]
+    body_days: u32,
+}
+
+impl Default for FileRetention {
+    fn default() -> Self {
+        FileRetention {
+            body_days: default_retention_body_days(),
+        }
+    }
+}
+
+fn default_retention_body_days() -> u32 {
+    DEFAULT_RETENTION_BODY_DAYS
 }
 
 #[derive(Deserialize, Default)]
@@ -683,6 +725,13 @@ impl Config {
             ));
         }
 
+        if file.retention.body_days > MAX_RETENTION_BODY_DAYS {
+            return Err(invalid(
+                "retention.body_days",
+                format!("must be at most {MAX_RETENTION_BODY_DAYS} (ten years)"),
+            ));
+        }
+
         let mut peers: Vec<Peer> = Vec::with_capacity(file.peers.len());
         for (i, p) in file.peers.iter().enumerate() {
             let key = |field: &str| format!("peers[{i}].{field}");
@@ -831,6 +880,9 @@ impl Config {
             metrics: MetricsConfig {
                 listen: metrics_listen,
             },
+            retention: RetentionConfig {
+                body_days: file.retention.body_days,
+            },
             peers,
             routing,
             escalation,
@@ -970,6 +1022,21 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         let bad = GOOD.replace("[store]", "[store]\nbogus = 1");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn retention_body_days_defaults_and_bounds() {
+        let config = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!(config.retention.body_days, DEFAULT_RETENTION_BODY_DAYS);
+        let set = format!("{GOOD}\n[retention]\nbody_days = 0\n");
+        let config = Config::parse(Path::new("x.toml"), &set).unwrap();
+        assert_eq!(config.retention.body_days, 0);
+        let bad = format!("{GOOD}\n[retention]\nbody_days = 4000\n");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("retention.body_days"), "{err}");
+        let bad = format!("{GOOD}\n[retention]\nbody_dayz = 3\n");
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("body_dayz"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Start-up order: store, keys, QUIC endpoint, writers (group commits),
 //! one delivery driver per peer (reloaded from the outbox), the receive
-//! loop, then the local API. Shutdown runs the other way: stop taking new
+//! loop, the local API, then the retention purge (at once, then hourly). Shutdown runs the other way: stop taking new
 //! work (API, incoming streams), let the writes in progress commit, let the
 //! drivers record the outcomes they hold, then close the store. Nothing
 //! acknowledged is lost: a submit is answered only after its commit, and a
@@ -256,6 +256,7 @@ pub async fn run(
         certificate_not_after_ms,
         started_at_ms,
         audit_keys: audit_keys.clone(),
+        retention: config.retention,
     });
     record_start(
         store.as_ref(),
@@ -268,6 +269,7 @@ pub async fn run(
     )
     .await?;
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
+    let purger = crate::retention::spawn(store.clone(), config.retention, shutdown.clone());
 
     tracing::info!(
         org = %config.site.org_id,
@@ -303,6 +305,7 @@ pub async fn run(
     drop(state);
     let _ = submit_writer.await;
     let _ = accept_writer.await;
+    let _ = purger.await;
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

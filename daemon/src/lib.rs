@@ -15,7 +15,8 @@
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
 //! turns the TOML file into typed settings; [`peers`] holds who we exchange
 //! with and applies trust changes while running; [`admin`] is what the
-//! `tvaers` CLI asks; [`metrics`] is what operators scrape.
+//! `tvaers` CLI asks; [`metrics`] is what operators scrape; [`retention`]
+//! purges notice bodies once they are no longer needed.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod identity;
 pub mod metrics;
 pub mod peers;
 pub mod receive;
+pub mod retention;
 pub mod routing;
 pub mod signing;
 pub mod store;

@@ -320,6 +320,7 @@ impl PeerSet {
                     attempts: row.attempts,
                     not_before_ms: row.next_attempt_at_ms,
                 },
+                &row.notice_id,
                 row.envelope,
                 created_at_ms,
             );

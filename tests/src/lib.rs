@@ -84,6 +84,8 @@ impl Default for Tuning {
 pub struct Sites {
     pub root: PathBuf,
     sites: Vec<Site>,
+    /// `RUST_LOG` for daemons started from now on.
+    rust_log: String,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -123,8 +125,16 @@ impl Sites {
         Ok(Sites {
             root: root.to_owned(),
             sites,
+            rust_log: "info".to_owned(),
             _temp: None,
         })
+    }
+
+    /// Sets the `RUST_LOG` filter of daemons started from now on (default
+    /// `info`), e.g. `trace` to check that even the most verbose output of
+    /// the daemon and its dependencies holds no CPR number.
+    pub fn set_rust_log(&mut self, filter: &str) {
+        filter.clone_into(&mut self.rust_log);
     }
 
     /// Adds a line to a site's `[api]` table (before it starts).
@@ -168,6 +178,7 @@ impl Sites {
     /// Starts a site's daemon and waits until its local API answers.
     pub async fn start(&mut self, org_id: &str) -> Result<()> {
         let binary = daemon_binary()?;
+        let rust_log = self.rust_log.clone();
         let site = self.site_mut(org_id);
         if site.child.is_some() {
             bail!("{org_id} is already running");
@@ -179,7 +190,7 @@ impl Sites {
         let child = Command::new(binary)
             .arg("--config")
             .arg(&site.config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -375,6 +386,33 @@ signing_key = "{signing_key}"
     text
 }
 
+/// Where any of `cprs` appears in `text`, plain (`0707814321`) or dashed
+/// (`070781-4321`): one entry per line holding one, with its line number and
+/// the line with the number masked, so a failure report does not print it
+/// again. Empty when there is none.
+pub fn cpr_leaks(text: &str, cprs: &[&str]) -> Vec<String> {
+    let forms: Vec<String> = cprs
+        .iter()
+        .flat_map(|cpr| {
+            let dashed = match (cpr.get(..6), cpr.get(6..)) {
+                (Some(date), Some(serial)) => format!("{date}-{serial}"),
+                _ => (*cpr).to_owned(),
+            };
+            [(*cpr).to_owned(), dashed]
+        })
+        .collect();
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| forms.iter().any(|form| line.contains(form.as_str())))
+        .map(|(number, line)| {
+            let masked = forms.iter().fold(line.to_owned(), |line, form| {
+                line.replace(form.as_str(), "##########")
+            });
+            format!("line {}: {masked}", number + 1)
+        })
+        .collect()
+}
+
 /// A plain HTTP/1.1 GET (for the metrics listener): the status code and
 /// the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
@@ -504,4 +542,21 @@ pub fn find_or_build_binary(package: &str, bin: &str, env_override: &str) -> Res
         bail!("{bin} was built but is not at {}", binary.display());
     }
     Ok(binary)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpr_leaks_finds_plain_and_dashed_numbers_and_masks_them() {
+        let text = "start\nciti 0707814321 here\nclean\nalso 070781-4321\n";
+        let leaks = cpr_leaks(text, &["0707814321", "1203925678"]);
+        assert_eq!(
+            leaks,
+            ["line 2: citi ########## here", "line 4: also ##########"]
+        );
+        assert!(cpr_leaks("0707814320 070781 4321", &["0707814321"]).is_empty());
+    }
 }

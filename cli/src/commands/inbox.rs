@@ -2,7 +2,8 @@
 //!
 //! Terminals are often logged, so a notice's content (the citizen's CPR
 //! number, health details) is shown only with `--reveal`; by default only
-//! kind, sender, ids and times.
+//! kind, sender, ids and times. An item whose body retention purged shows
+//! its ids and times and says when it was purged.
 
 use std::path::Path;
 
@@ -49,8 +50,9 @@ fn item_json(item: &v1::InboxItem, reveal: bool) -> Value {
         "cursor": item.cursor,
         "received_at_ms": item.received_at_ms,
         "acked_at_ms": (item.acked_at_ms != 0).then_some(item.acked_at_ms),
-        "notice_id": e.map(|e| e.notice_id.clone()),
-        "sender": e.map(|e| e.sender.clone()),
+        "purged_at_ms": (item.purged_at_ms != 0).then_some(item.purged_at_ms),
+        "notice_id": notice_id(item),
+        "sender": sender(item),
         "recipient": e.map(|e| e.recipient.clone()),
         "created_at_ms": e.map(|e| e.created_at_ms),
         "kind": notice.map(|n| n.kind_name()),
@@ -61,6 +63,21 @@ fn item_json(item: &v1::InboxItem, reveal: bool) -> Value {
         value["content"] = json!(content(n));
     }
     value
+}
+
+/// The notice id, also of a purged item (whose envelope is gone).
+fn notice_id(item: &v1::InboxItem) -> String {
+    match &item.envelope {
+        Some(e) if item.notice_id.is_empty() => e.notice_id.clone(),
+        _ => item.notice_id.clone(),
+    }
+}
+
+fn sender(item: &v1::InboxItem) -> String {
+    match &item.envelope {
+        Some(e) if item.sender.is_empty() => e.sender.clone(),
+        _ => item.sender.clone(),
+    }
 }
 
 /// The payload, for `--reveal` only.
@@ -82,11 +99,15 @@ fn render(items: &[v1::InboxItem], reveal: bool) -> String {
         let e = item.envelope.as_ref();
         t.row(vec![
             item.cursor.to_string(),
-            e.and_then(|e| e.notice.as_ref())
-                .map_or("-", |n| n.kind_name())
-                .to_owned(),
-            e.map_or("-".into(), |e| e.sender.clone()),
-            e.map_or("-".into(), |e| e.notice_id.clone()),
+            if item.purged_at_ms != 0 {
+                "(purged)"
+            } else {
+                e.and_then(|e| e.notice.as_ref())
+                    .map_or("-", |n| n.kind_name())
+            }
+            .to_owned(),
+            sender(item),
+            notice_id(item),
             time(item.received_at_ms),
             time(item.acked_at_ms),
         ]);
@@ -96,6 +117,13 @@ fn render(items: &[v1::InboxItem], reveal: bool) -> String {
     } else {
         t.render()
     };
+    for item in items.iter().filter(|i| i.purged_at_ms != 0) {
+        text.push_str(&format!(
+            "cursor {}: body purged on {} (retention); ids and times are kept\n",
+            item.cursor,
+            time(item.purged_at_ms)
+        ));
+    }
     if reveal {
         for item in items {
             if let Some(n) = item.envelope.as_ref().and_then(|e| e.notice.as_ref()) {

@@ -7,6 +7,7 @@ pub mod init;
 pub mod keys;
 pub mod outbox;
 pub mod peer;
+pub mod purge;
 pub mod send;
 pub mod status;
 pub mod verify;

@@ -4,8 +4,9 @@
 //!
 //! One file per concern: [`status`], [`reload`] (peers from the config file,
 //! applied without a restart), [`outbox`] (list, retry, cancel), [`verify`]
-//! (a notice's signatures), [`audit`] (the audit log). Every call that
-//! changes something leaves an audit entry naming the operator's Unix user.
+//! (a notice's signatures), [`audit`] (the audit log), [`purge`] (retention
+//! on demand). Every call that changes something leaves an audit entry
+//! naming the operator's Unix user.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tvaers_proto::v1;
 use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
 
 use crate::audit::AuditKeys;
-use crate::config::Site;
+use crate::config::{RetentionConfig, Site};
 use crate::peers::PeerSet;
 use crate::signing::PublicKey;
 use crate::store::Store;
@@ -24,6 +25,7 @@ use crate::{Millis, api};
 
 pub mod audit;
 pub mod outbox;
+pub mod purge;
 pub mod reload;
 pub mod status;
 pub mod verify;
@@ -46,6 +48,8 @@ pub struct AdminState {
     pub started_at_ms: Millis,
     /// Checks the audit chain; turns a CPR asked about into its reference.
     pub audit_keys: AuditKeys,
+    /// For `Purge`: the same setting the hourly purge uses.
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +110,15 @@ impl AdminApi for AdminService {
         request: Request<v1::VerifyNoticeRequest>,
     ) -> Result<Response<v1::VerifyNoticeResponse>, Status> {
         verify::verify_notice(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn purge(
+        &self,
+        request: Request<v1::PurgeRequest>,
+    ) -> Result<Response<v1::PurgeResponse>, Status> {
+        purge::purge(&self.state, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -83,10 +83,17 @@ pub async fn retry(
         .filter(|item| failed.contains(&item.seq))
         .partition(|item| item.state == OutboxState::Pending);
     for item in &still_failed {
-        skipped.push(format!(
-            "{}: the notice has expired; submit it again",
-            item.recipient
-        ));
+        skipped.push(match item.purged_at_ms {
+            Some(at) => format!(
+                "{}: its body was purged on {} (retention); submit it again",
+                item.recipient,
+                crate::config::format_time(at)
+            ),
+            None => format!(
+                "{}: the notice has expired; submit it again",
+                item.recipient
+            ),
+        });
     }
     let changed: Vec<v1::OutboxRow> = reopened.iter().map(row).collect();
     for orphan in state.peers.resume(reopened).await {
@@ -208,5 +215,6 @@ fn row(item: &OutboxItem) -> v1::OutboxRow {
             .map(|n| n.kind_name().to_owned())
             .unwrap_or_default(),
         created_at_ms: envelope.map_or(0, |e| e.created_at_ms),
+        purged_at_ms: item.purged_at_ms.unwrap_or_default(),
     }
 }

@@ -3,13 +3,16 @@
 //! recipient's signature on its receipt. Received: the sender's signature on
 //! the envelope and ours on the receipt we answered with. Peers' keys are
 //! the ones pinned now; a peer that changed its key since shows as invalid,
-//! with the key that was tried.
+//! with the key that was tried. An envelope purged by retention has no
+//! signed bytes left: it shows as "body purged on <date>", not as a broken
+//! signature; its receipt is kept and still checked.
 
 use prost::Message;
 use tonic::Status;
 use tvaers_proto::v1;
 
 use super::AdminState;
+use crate::Millis;
 use crate::signing::PublicKey;
 use crate::store::OutboxFilter;
 
@@ -56,6 +59,7 @@ pub async fn verify_notice(
             me,
             Some(state.signing_key),
             &row.envelope,
+            row.purged_at_ms,
         ));
         let receipt = delivery
             .as_ref()
@@ -76,6 +80,7 @@ pub async fn verify_notice(
             &record.sender,
             key_of(&record.sender),
             &record.envelope,
+            record.purged_at_ms,
         ));
         checks.push(check_receipt(
             "received",
@@ -103,6 +108,7 @@ fn check(
         signer_key: key.map(|k| k.to_string()).unwrap_or_default(),
         valid: false,
         detail: String::new(),
+        purged_at_ms: 0,
     }
 }
 
@@ -112,8 +118,14 @@ fn check_envelope(
     signer: &str,
     key: Option<PublicKey>,
     stored: &[u8],
+    purged_at_ms: Option<Millis>,
 ) -> v1::SignatureCheck {
     let mut result = check(direction, peer, "envelope", signer, key);
+    if let Some(at) = purged_at_ms {
+        result.purged_at_ms = at;
+        result.detail = purged_detail(at);
+        return result;
+    }
     let outcome = match (key, v1::SignedEnvelope::decode(stored)) {
         (None, _) => Err(format!("no signing key is pinned for {signer}")),
         (_, Err(_)) => Err("the stored envelope does not decode".to_owned()),
@@ -148,6 +160,11 @@ fn check_receipt(
     };
     settle(&mut result, outcome);
     result
+}
+
+/// What `tvaers verify` shows for an envelope retention purged.
+fn purged_detail(at_ms: Millis) -> String {
+    format!("body purged on {}", crate::config::format_time(at_ms))
 }
 
 fn settle(result: &mut v1::SignatureCheck, outcome: Result<(), String>) {

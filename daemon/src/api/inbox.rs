@@ -17,23 +17,33 @@ use prost::Message;
 
 const PAGE: u32 = 100;
 
+/// An inbox item for the caller. A purged item (retention) has no envelope
+/// left to decode: it goes out with its ids, times and `purged_at_ms`.
 fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
-    let envelope = tvaers_proto::open_envelope(&record.envelope).ok_or_else(|| {
-        super::internal(
-            "inbox read",
-            format!(
-                "stored envelope at cursor {} does not decode",
-                record.cursor
-            ),
-        )
-    })?;
+    let envelope = match record.purged_at_ms {
+        Some(_) => None,
+        None => Some(
+            tvaers_proto::open_envelope(&record.envelope).ok_or_else(|| {
+                super::internal(
+                    "inbox read",
+                    format!(
+                        "stored envelope at cursor {} does not decode",
+                        record.cursor
+                    ),
+                )
+            })?,
+        ),
+    };
     let placements = record.placements.into_iter().map(placement).collect();
     Ok(v1::InboxItem {
         cursor: record.cursor,
         received_at_ms: record.received_at_ms,
-        envelope: Some(envelope),
+        envelope,
         acked_at_ms: record.acked_at_ms.unwrap_or_default(),
         placements,
+        purged_at_ms: record.purged_at_ms.unwrap_or_default(),
+        sender: record.sender,
+        notice_id: record.notice_id,
     })
 }
 

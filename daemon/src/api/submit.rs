@@ -124,6 +124,7 @@ pub async fn submit(
                             attempts: 0,
                             not_before_ms: created_at_ms,
                         },
+                        &notice_id,
                         item.envelope,
                         created_at_ms,
                     );

@@ -84,7 +84,7 @@ pub struct DriverSettings {
 /// Messages into a driver task.
 #[derive(Debug)]
 enum Input {
-    Enqueue(Pending, Arc<Vec<u8>>, Millis),
+    Enqueue(Pending, Held),
     Connected(u64, quinn::Connection),
     ConnectFailed(String),
     Disconnected(u64, String),
@@ -135,12 +135,22 @@ impl PeerDriver {
         (PeerDriver { inputs, health }, handle)
     }
 
-    /// Hands a stored outbox row to the driver; `created_at_ms` is when its
-    /// notice was submitted (for the delivery latency metric).
-    pub fn enqueue(&self, pending: Pending, envelope: Vec<u8>, created_at_ms: Millis) {
-        let _ = self
-            .inputs
-            .send(Input::Enqueue(pending, Arc::new(envelope), created_at_ms));
+    /// Hands a stored outbox row to the driver: `notice_id` is the id its
+    /// envelope carries (the peer's receipt must name it), `created_at_ms`
+    /// when its notice was submitted (for the delivery latency metric).
+    pub fn enqueue(
+        &self,
+        pending: Pending,
+        notice_id: &str,
+        envelope: Vec<u8>,
+        created_at_ms: Millis,
+    ) {
+        let held = Held {
+            notice_id: notice_id.into(),
+            envelope: Arc::new(envelope),
+            created_at_ms,
+        };
+        let _ = self.inputs.send(Input::Enqueue(pending, held));
     }
 
     /// Gives up on a queued outbox row (recorded as failed with `reason`).
@@ -174,8 +184,8 @@ struct Task {
     store: Arc<dyn Store>,
     inputs: mpsc::UnboundedSender<Input>,
     health: Arc<Mutex<PeerHealth>>,
-    /// Signed envelopes held for sending, with their submit time.
-    envelopes: HashMap<i64, (Arc<Vec<u8>>, Millis)>,
+    /// Signed envelopes held for sending.
+    envelopes: HashMap<i64, Held>,
     receipts: HashMap<i64, Reply>,
     connection: Option<(u64, quinn::Connection)>,
     /// Failed dials and lost connections so far: picks the next address.
@@ -196,6 +206,17 @@ struct Task {
 }
 
 type Write = tokio::task::JoinHandle<Result<(), StoreError>>;
+
+/// An outbox row's signed envelope, held by the driver until it is
+/// finished.
+#[derive(Debug)]
+struct Held {
+    /// The id the envelope carries, which the receipt must name.
+    notice_id: Arc<str>,
+    envelope: Arc<Vec<u8>>,
+    /// When its notice was submitted.
+    created_at_ms: Millis,
+}
 
 /// Waits for the write in progress, or forever when there is none.
 async fn written(writing: &mut Option<(Vec<OutboxUpdate>, Write)>) -> Result<(), String> {
@@ -252,9 +273,8 @@ impl Task {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Enqueue(pending, envelope, created_at_ms) => {
-                self.envelopes
-                    .insert(pending.seq, (envelope, created_at_ms));
+            Input::Enqueue(pending, held) => {
+                self.envelopes.insert(pending.seq, held);
                 self.feed(Event::Enqueued(pending));
             }
             Input::Connected(generation, connection) => {
@@ -318,7 +338,7 @@ impl Task {
                 self.updates.push(OutboxUpdate::InFlight { seq, attempts });
             }
             Action::Delivered { seq } => {
-                let created_at_ms = self.envelopes.remove(&seq).map(|(_, at)| at);
+                let created_at_ms = self.envelopes.remove(&seq).map(|held| held.created_at_ms);
                 let stored = self
                     .receipts
                     .remove(&seq)
@@ -414,8 +434,7 @@ impl Task {
     }
 
     fn send(&mut self, seq: i64) {
-        let (Some((_, connection)), Some((envelope, _))) =
-            (&self.connection, self.envelopes.get(&seq))
+        let (Some((_, connection)), Some(held)) = (&self.connection, self.envelopes.get(&seq))
         else {
             let _ = self.inputs.send(Input::Replied(
                 seq,
@@ -424,7 +443,9 @@ impl Task {
             return;
         };
         let connection = connection.clone();
-        let envelope = envelope.clone();
+        let envelope = held.envelope.clone();
+        let notice_id = held.notice_id.clone();
+        let peer = self.target.org_id.clone();
         let endpoint = self.endpoint.clone();
         let address = connection.remote_address();
         let signing_key = self.target.signing_key;
@@ -432,12 +453,27 @@ impl Task {
         let limit = self.settings.max_frame_bytes;
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
-            let exchanged = exchange(&connection, &envelope, limit, signing_key.as_ref());
+            let exchanged = exchange(
+                &connection,
+                &envelope,
+                limit,
+                signing_key.as_ref(),
+                &notice_id,
+            );
             let result = tokio::time::timeout(timeout, exchanged)
                 .await
                 .unwrap_or_else(|_| Err(Exchange::Timeout(timeout)));
             let result = result.map_err(|error| match error {
                 Exchange::Connection(e) => endpoint.explain(address, &e).to_string(),
+                bad @ (Exchange::NoSigningKey
+                | Exchange::BadReceipt(_)
+                | Exchange::UnsignedAcceptance
+                | Exchange::ReceiptForOtherNotice { .. }) => {
+                    // The peer answered, but its answer proves nothing: say
+                    // so loudly, the row is retried like a lost reply.
+                    tracing::warn!(%peer, seq, %notice_id, error = %bad, "bad receipt; the notice will be sent again");
+                    bad.to_string()
+                }
                 other => other.to_string(),
             });
             let _ = inputs.send(Input::Replied(seq, result));
@@ -450,11 +486,19 @@ impl Task {
         if self.writing.is_some() || self.updates.is_empty() {
             return;
         }
-        if self
-            .write_paused_until
-            .is_some_and(|until| tokio::time::Instant::now() < until)
-        {
-            return;
+        if let Some(until) = self.write_paused_until {
+            let now = tokio::time::Instant::now();
+            if now < until {
+                // Wake when the pause ends, whatever else wakes us first: the
+                // wake-up time is kept in wall-clock ms, which drifts from the
+                // runtime's clock, so an earlier tick may find the pause not
+                // yet over and must not leave the outcomes waiting for an
+                // event that may never come.
+                let left_ms = i64::try_from((until - now).as_millis()).unwrap_or(1_000);
+                let retry_at = now_ms() + left_ms + 1;
+                self.wake_at = Some(self.wake_at.map_or(retry_at, |at| at.min(retry_at)));
+                return;
+            }
         }
         self.write_paused_until = None;
         let updates = std::mem::take(&mut self.updates);
@@ -477,8 +521,6 @@ impl Task {
             self.updates.extend(newer);
             let pause = Duration::from_secs(1);
             self.write_paused_until = Some(tokio::time::Instant::now() + pause);
-            let retry_at = now_ms() + 1_000;
-            self.wake_at = Some(self.wake_at.map_or(retry_at, |at| at.min(retry_at)));
         }
     }
 
@@ -519,6 +561,8 @@ enum Exchange {
     BadReceipt(OpenError),
     #[error("the peer accepted without signing its receipt")]
     UnsignedAcceptance,
+    #[error("the peer's receipt names notice {received}, not notice {sent} sent on that stream")]
+    ReceiptForOtherNotice { sent: String, received: String },
 }
 
 /// A receipt as checked, and the bytes to store for it (the signed
@@ -535,6 +579,7 @@ async fn exchange(
     envelope: &[u8],
     limit: u32,
     signing_key: Option<&PublicKey>,
+    notice_id: &str,
 ) -> Result<Reply, Exchange> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(Exchange::Connection)?;
     let request = request_frame(envelope);
@@ -554,14 +599,25 @@ async fn exchange(
         }
         Err(other) => return Err(other.into()),
     };
-    match response.body {
+    check_reply(response, signing_key, notice_id)
+}
+
+/// Checks the peer's answer to the notice `notice_id`: an acceptance must
+/// be signed by the peer's pinned key and name that notice, and a receipt
+/// naming another one is refused (from a confused or replaying peer it
+/// would otherwise be stored as proof of delivery, or cause of failure, of
+/// this one).
+fn check_reply(
+    response: v1::PeerResponse,
+    signing_key: Option<&PublicKey>,
+    notice_id: &str,
+) -> Result<Reply, Exchange> {
+    let reply = match response.body {
         Some(v1::peer_response::Body::SignedReceipt(signed)) => {
             let key = signing_key.ok_or(Exchange::NoSigningKey)?;
             let receipt = key.open_receipt(&signed).map_err(Exchange::BadReceipt)?;
-            Ok(Reply {
-                receipt,
-                stored: signed.encode_to_vec(),
-            })
+            let stored = signed.encode_to_vec();
+            Reply { receipt, stored }
         }
         // A receiver answers unsigned only when it could not read the
         // request at all; that can be a rejection, never an acceptance.
@@ -573,11 +629,22 @@ async fn exchange(
                 signature: Vec::new(),
             }
             .encode_to_vec();
-            Ok(Reply { receipt, stored })
+            Reply { receipt, stored }
         }
-        Some(v1::peer_response::Body::Receipt(_)) => Err(Exchange::UnsignedAcceptance),
-        None => Err(Exchange::NoReceipt),
+        Some(v1::peer_response::Body::Receipt(_)) => return Err(Exchange::UnsignedAcceptance),
+        None => return Err(Exchange::NoReceipt),
+    };
+    // A rejection of an envelope the peer could not read or verify (it
+    // checks the signature before decoding) names no notice; any other
+    // receipt, and every acceptance, must name this one.
+    let accepted = reply.receipt.outcome == v1::ReceiptOutcome::Accepted as i32;
+    if reply.receipt.notice_id != notice_id && (accepted || !reply.receipt.notice_id.is_empty()) {
+        return Err(Exchange::ReceiptForOtherNotice {
+            sent: notice_id.to_owned(),
+            received: reply.receipt.notice_id,
+        });
     }
+    Ok(reply)
 }
 
 /// Frames a stored signed envelope as a `PeerRequest` without decoding it:
@@ -614,7 +681,7 @@ mod tests {
     use super::*;
     use crate::store::{
         AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-        OutboxFilter, OutboxItem, StoreCounts, SubmitOutcome,
+        OutboxFilter, OutboxItem, PurgeReport, StoreCounts, SubmitOutcome,
     };
     use crate::transport::endpoint::EndpointSettings;
     use crate::transport::tls::{Identity, TrustStore};
@@ -729,6 +796,14 @@ mod tests {
         async fn counts(&self) -> Result<StoreCounts, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn purge_bodies(
+            &self,
+            _: Millis,
+            _: Millis,
+            _: bool,
+        ) -> Result<PurgeReport, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn close(&self) {}
     }
 
@@ -798,14 +873,14 @@ mod tests {
             ..OutcomeStore::default()
         });
         let (_dir, driver, shutdown, task) = driver(store.clone());
-        driver.enqueue(expired(1), Vec::new(), 0);
+        driver.enqueue(expired(1), "n-1", Vec::new(), 0);
         settle().await;
         // The write of seq 1's outcome is held at the gate; a new row due
         // later must still reach the machine meanwhile.
         let mut later = expired(2);
         later.expires_at_ms = now_ms() + 7_200_000;
         later.not_before_ms = now_ms() + 3_600_000;
-        driver.enqueue(later, Vec::new(), 0);
+        driver.enqueue(later, "n-2", Vec::new(), 0);
         settle().await;
         assert_eq!(
             driver.health().queued,
@@ -826,10 +901,10 @@ mod tests {
             ..OutcomeStore::default()
         });
         let (_dir, driver, shutdown, task) = driver(store.clone());
-        driver.enqueue(expired(1), Vec::new(), 0);
-        driver.enqueue(expired(2), Vec::new(), 0);
+        driver.enqueue(expired(1), "n-1", Vec::new(), 0);
+        driver.enqueue(expired(2), "n-2", Vec::new(), 0);
         settle().await;
-        driver.enqueue(expired(3), Vec::new(), 0);
+        driver.enqueue(expired(3), "n-3", Vec::new(), 0);
         settle().await;
         // Paused after the failure: nothing written yet.
         assert_eq!(store.attempts.lock().unwrap().len(), 1);
@@ -880,5 +955,106 @@ mod tests {
             signing_key: None,
         };
         assert_eq!(none.address(0), None);
+    }
+
+    fn receipt(notice_id: &str, outcome: v1::ReceiptOutcome) -> v1::Receipt {
+        v1::Receipt {
+            notice_id: notice_id.into(),
+            outcome: outcome as i32,
+            receiver: "org-b".into(),
+            received_at_ms: 1_000,
+            ..v1::Receipt::default()
+        }
+    }
+
+    fn signed_reply(key: &crate::signing::SigningKey, receipt: &v1::Receipt) -> v1::PeerResponse {
+        v1::PeerResponse {
+            body: Some(v1::peer_response::Body::SignedReceipt(
+                key.sign_receipt(receipt),
+            )),
+        }
+    }
+
+    fn unsigned_reply(receipt: v1::Receipt) -> v1::PeerResponse {
+        v1::PeerResponse {
+            body: Some(v1::peer_response::Body::Receipt(receipt)),
+        }
+    }
+
+    fn new_key() -> crate::signing::SigningKey {
+        crate::signing::SigningKey::from_pkcs8(
+            &crate::signing::SigningKey::generate_pkcs8().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_receipt_must_name_the_notice_sent_on_its_stream() {
+        let peer = new_key();
+        let pinned = peer.public_key();
+        let accepted = receipt("n-sent", v1::ReceiptOutcome::Accepted);
+        let reply = check_reply(signed_reply(&peer, &accepted), Some(&pinned), "n-sent").unwrap();
+        assert_eq!(reply.receipt, accepted);
+        assert!(!reply.stored.is_empty());
+
+        // Validly signed by the pinned key, but about another notice: not
+        // proof of delivery of this one.
+        let other = receipt("n-other", v1::ReceiptOutcome::Accepted);
+        let error = check_reply(signed_reply(&peer, &other), Some(&pinned), "n-sent").unwrap_err();
+        assert!(
+            matches!(&error, Exchange::ReceiptForOtherNotice { sent, received }
+                if sent == "n-sent" && received == "n-other"),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("n-sent") && text.contains("n-other"),
+            "{text}"
+        );
+
+        // A signed rejection of another notice is refused too: it would
+        // fail this one permanently.
+        let rejected = receipt("n-other", v1::ReceiptOutcome::RejectedPermanent);
+        assert!(matches!(
+            check_reply(signed_reply(&peer, &rejected), Some(&pinned), "n-sent"),
+            Err(Exchange::ReceiptForOtherNotice { .. })
+        ));
+        // An acceptance naming no notice proves nothing either.
+        let nameless = receipt("", v1::ReceiptOutcome::Accepted);
+        assert!(matches!(
+            check_reply(signed_reply(&peer, &nameless), Some(&pinned), "n-sent"),
+            Err(Exchange::ReceiptForOtherNotice { .. })
+        ));
+        // A rejection of an envelope whose signature did not verify names
+        // no notice (the receiver does not decode what it cannot verify).
+        let unverified = receipt("", v1::ReceiptOutcome::RejectedPermanent);
+        let reply = check_reply(signed_reply(&peer, &unverified), Some(&pinned), "n-sent").unwrap();
+        assert_eq!(reply.receipt, unverified);
+
+        // The id is checked after the signature: a forged receipt stays a
+        // bad signature whatever it names.
+        let forged = signed_reply(&new_key(), &accepted);
+        assert!(matches!(
+            check_reply(forged, Some(&pinned), "n-sent"),
+            Err(Exchange::BadReceipt(OpenError::BadSignature))
+        ));
+    }
+
+    #[test]
+    fn an_unsigned_rejection_may_name_no_notice_but_not_another() {
+        let pinned = new_key().public_key();
+        let unreadable = receipt("", v1::ReceiptOutcome::RejectedPermanent);
+        let reply = check_reply(unsigned_reply(unreadable), Some(&pinned), "n-sent").unwrap();
+        assert!(reply.receipt.notice_id.is_empty());
+        let other = receipt("n-other", v1::ReceiptOutcome::RejectedPermanent);
+        assert!(matches!(
+            check_reply(unsigned_reply(other), Some(&pinned), "n-sent"),
+            Err(Exchange::ReceiptForOtherNotice { .. })
+        ));
+        let accepted = receipt("n-sent", v1::ReceiptOutcome::Accepted);
+        assert!(matches!(
+            check_reply(unsigned_reply(accepted), Some(&pinned), "n-sent"),
+            Err(Exchange::UnsignedAcceptance)
+        ));
     }
 }

@@ -123,6 +123,9 @@ pub struct OutboxItem {
     pub next_attempt_at_ms: Millis,
     pub expires_at_ms: Millis,
     pub last_error: Option<String>,
+    /// When retention purged `envelope` (then empty); see
+    /// [`Store::purge_bodies`].
+    pub purged_at_ms: Option<Millis>,
 }
 
 /// Which outbox rows [`Store::list_outbox`] returns: newest first.
@@ -239,6 +242,16 @@ pub struct InboxRecord {
     pub receipt: Vec<u8>,
     /// The team inboxes it is in, by inbox name.
     pub placements: Vec<Placement>,
+    /// When retention purged `envelope` (then empty); see
+    /// [`Store::purge_bodies`].
+    pub purged_at_ms: Option<Millis>,
+}
+
+/// What [`Store::purge_bodies`] purged, or in a dry run would purge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub outbox_rows: u64,
+    pub inbox_items: u64,
 }
 
 /// Counts for health output.
@@ -276,7 +289,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn submit(&self, batch: Vec<NewNotice>) -> Result<Vec<SubmitOutcome>, StoreError>;
 
     /// Outbox rows to `recipient` that still need delivery (pending or in
-    /// flight), in `seq` order.
+    /// flight, never purged), in `seq` order.
     async fn undelivered(&self, recipient: &str) -> Result<Vec<OutboxItem>, StoreError>;
 
     /// Per recipient with anything still to deliver: how much and since
@@ -289,8 +302,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Puts failed rows back to pending for a new round of attempts
     /// (attempts reset, error and receipt cleared, due at `now_ms`). Rows
-    /// that are not failed, or whose notice has expired, stay as they are.
-    /// Returns how many rows were reopened.
+    /// that are not failed, whose notice has expired, or whose body was
+    /// purged (nothing left to send) stay as they are. Returns how many rows
+    /// were reopened.
     async fn reopen_outbox(&self, seqs: Vec<i64>, now_ms: Millis) -> Result<u64, StoreError>;
 
     /// Applies delivery decisions in one transaction.
@@ -350,6 +364,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Audit entries matching `query`, in sequence order.
     async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Retention: empties the envelope (the notice body, with the CPR
+    /// number and health details) of outbox rows finished (delivered or
+    /// failed) and inbox items acknowledged before `cutoff_ms`, and records
+    /// `now_ms` as their `purged_at_ms`. Ids, times, states and receipts
+    /// stay. Rows purged before are not counted again. With `dry_run`
+    /// nothing changes and the report says what would be purged.
+    async fn purge_bodies(
+        &self,
+        cutoff_ms: Millis,
+        now_ms: Millis,
+        dry_run: bool,
+    ) -> Result<PurgeReport, StoreError>;
 
     /// Counts for status output.
     async fn counts(&self) -> Result<StoreCounts, StoreError>;

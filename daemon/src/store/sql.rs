@@ -79,14 +79,14 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, Placement, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
-                OutboxUpdate, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
+                AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
+                OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
             };
 
             /// Columns [`outbox_item`] reads, in its order.
             const OUTBOX_ITEM_SELECT: &str =
                 "SELECT o.seq, o.notice_id, o.recipient, o.envelope, o.state, o.attempts, \
-                        o.next_attempt_at_ms, n.expires_at_ms, o.last_error \
+                        o.next_attempt_at_ms, n.expires_at_ms, o.last_error, o.purged_at_ms \
                  FROM outbox o JOIN notices n ON n.notice_id = o.notice_id";
 
             fn outbox_item(
@@ -107,12 +107,14 @@ macro_rules! sql_store {
                     next_attempt_at_ms: row.try_get(6).map_err(error)?,
                     expires_at_ms: row.try_get(7).map_err(error)?,
                     last_error: row.try_get(8).map_err(error)?,
+                    purged_at_ms: row.try_get(9).map_err(error)?,
                 })
             }
 
             /// Columns [`inbox_record`] reads, in its order.
             const INBOX_RECORD_SELECT: &str =
-                "SELECT cursor, sender, notice_id, envelope, received_at_ms, acked_at_ms, receipt \
+                "SELECT cursor, sender, notice_id, envelope, received_at_ms, acked_at_ms, receipt, \
+                        purged_at_ms \
                  FROM inbox";
 
             fn inbox_record(
@@ -130,6 +132,7 @@ macro_rules! sql_store {
                     acked_at_ms: row.try_get(5).map_err(error)?,
                     receipt: row.try_get(6).map_err(error)?,
                     placements: Vec::new(),
+                    purged_at_ms: row.try_get(7).map_err(error)?,
                 })
             }
 
@@ -660,7 +663,12 @@ macro_rules! sql_store {
                     let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);
                     query.push(" WHERE o.recipient = ");
                     query.push_bind(recipient);
-                    query.push(" AND o.state IN ('pending', 'in_flight') ORDER BY o.seq");
+                    // A purged row is finished; the check only guards against sending
+                    // an empty body should a damaged row say otherwise.
+                    query.push(
+                        " AND o.state IN ('pending', 'in_flight') AND o.purged_at_ms IS NULL \
+                         ORDER BY o.seq",
+                    );
                     let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
                     rows.iter().map(|row| outbox_item(OP, row)).collect()
                 }
@@ -712,7 +720,7 @@ macro_rules! sql_store {
                         );
                         query.push_bind(now_ms);
                         query.push(
-                            " WHERE state = 'failed' AND notice_id IN \
+                            " WHERE state = 'failed' AND purged_at_ms IS NULL AND notice_id IN \
                              (SELECT notice_id FROM notices WHERE expires_at_ms > ",
                         );
                         query.push_bind(now_ms);
@@ -1245,6 +1253,61 @@ macro_rules! sql_store {
                     query.push_bind(i64::from(filter.limit));
                     let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
                     rows.iter().map(|row| audit_entry(OP, row)).collect()
+                }
+
+                async fn purge_bodies(
+                    &self,
+                    cutoff_ms: Millis,
+                    now_ms: Millis,
+                    dry_run: bool,
+                ) -> Result<PurgeReport, StoreError> {
+                    const OP: &str = "purge_bodies";
+                    let error = query_error(OP);
+                    // The conditions match the partial indexes of migration 0006.
+                    let outbox_where = |query: &mut QueryBuilder<$db>| {
+                        query.push(
+                            " WHERE purged_at_ms IS NULL AND state IN ('delivered', 'failed') \
+                             AND finished_at_ms < ",
+                        );
+                        query.push_bind(cutoff_ms);
+                    };
+                    let inbox_where = |query: &mut QueryBuilder<$db>| {
+                        query.push(
+                            " WHERE purged_at_ms IS NULL AND acked_at_ms IS NOT NULL \
+                             AND acked_at_ms < ",
+                        );
+                        query.push_bind(cutoff_ms);
+                    };
+                    if dry_run {
+                        let mut query = QueryBuilder::<$db>::new("SELECT (SELECT COUNT(*) FROM outbox");
+                        outbox_where(&mut query);
+                        query.push("), (SELECT COUNT(*) FROM inbox");
+                        inbox_where(&mut query);
+                        query.push(")");
+                        let row = query.build().fetch_one(&self.pool).await.map_err(error)?;
+                        return Ok(PurgeReport {
+                            outbox_rows: parse_count("purgeable outbox", row.try_get(0).map_err(error)?)?,
+                            inbox_items: parse_count("purgeable inbox", row.try_get(1).map_err(error)?)?,
+                        });
+                    }
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new("UPDATE outbox SET envelope = ");
+                    query.push_bind(Vec::<u8>::new());
+                    query.push(", purged_at_ms = ");
+                    query.push_bind(now_ms);
+                    outbox_where(&mut query);
+                    let outbox_rows = query.build().execute(&mut *tx).await.map_err(error)?.rows_affected();
+                    let mut query = QueryBuilder::<$db>::new("UPDATE inbox SET envelope = ");
+                    query.push_bind(Vec::<u8>::new());
+                    query.push(", purged_at_ms = ");
+                    query.push_bind(now_ms);
+                    inbox_where(&mut query);
+                    let inbox_items = query.build().execute(&mut *tx).await.map_err(error)?.rows_affected();
+                    tx.commit().await.map_err(error)?;
+                    Ok(PurgeReport {
+                        outbox_rows,
+                        inbox_items,
+                    })
                 }
 
                 async fn counts(&self) -> Result<StoreCounts, StoreError> {

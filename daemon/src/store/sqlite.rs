@@ -120,6 +120,15 @@ impl SqliteStore {
         self.audit_key = Some(key);
     }
 
+    /// The store at `path` with the tests' audit key, ready for any write.
+    #[cfg(test)]
+    #[allow(clippy::expect_used)]
+    pub(crate) async fn open_for_test(path: &Path) -> SqliteStore {
+        let mut store = SqliteStore::open(path).await.expect("open the store");
+        store.set_audit_key(crate::audit::test_chain_key());
+        store
+    }
+
     /// Nothing to do: `BEGIN IMMEDIATE` already holds the one writer lock
     /// for the whole transaction.
     async fn lock_audit(_tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
@@ -158,15 +167,8 @@ mod tests {
     /// long as the returned guard.
     async fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let store = keyed(&dir.path().join("store.db")).await;
+        let store = SqliteStore::open_for_test(&dir.path().join("store.db")).await;
         (dir, store)
-    }
-
-    /// The store at `path`, ready for audited writes.
-    async fn keyed(path: &Path) -> SqliteStore {
-        let mut store = SqliteStore::open(path).await.expect("open the store");
-        store.set_audit_key(crate::audit::test_chain_key());
-        store
     }
 
     store_suite!(fresh());
@@ -228,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("store.db");
 
-        let store = keyed(&path).await;
+        let store = SqliteStore::open_for_test(&path).await;
         let outcomes = store
             .submit(vec![suite::notice("n-1", "key-1", &["org-b", "org-c"])])
             .await
@@ -258,7 +260,7 @@ mod tests {
         let counts_before = store.counts().await.expect("counts");
         store.close().await;
 
-        let store = keyed(&path).await;
+        let store = SqliteStore::open_for_test(&path).await;
         assert_eq!(store.counts().await.expect("counts"), counts_before);
         let delivery = store
             .delivery("n-1")

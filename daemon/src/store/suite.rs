@@ -17,8 +17,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{
-    IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxState, OutboxUpdate,
-    Store, StoreCounts, StoreError, SubmitOutcome,
+    IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxItem, OutboxState,
+    OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, SubmitOutcome,
 };
 use crate::Millis;
 use crate::audit::{
@@ -1441,6 +1441,179 @@ pub(crate) async fn team_inboxes_place_items_and_keep_the_first_reader_and_handl
     );
 }
 
+/// The outbox rows of one notice, keyed by recipient.
+async fn outbox_rows(store: &dyn Store, notice_id: &str) -> Vec<OutboxItem> {
+    let mut rows = store
+        .list_outbox(OutboxFilter {
+            notice_id: Some(notice_id.to_owned()),
+            limit: 100,
+            ..OutboxFilter::default()
+        })
+        .await
+        .unwrap();
+    rows.sort_by_key(|row| row.seq);
+    rows
+}
+
+/// Retention empties the bodies of outbox rows finished before the cutoff
+/// and of inbox items acknowledged before it, and nothing else; metadata
+/// and receipts stay; a dry run changes nothing; a second run finds nothing.
+pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(store: &dyn Store) {
+    const CUTOFF: Millis = 5_000;
+    const NOW: Millis = 6_000;
+    let seqs = stored_seqs(&submit_one(store, notice("n-1", "k-1", &["a", "b", "c", "d"])).await);
+    store
+        .update_outbox(vec![
+            OutboxUpdate::Delivered {
+                seq: seqs[0],
+                receipt: b"receipt a".to_vec(),
+                at_ms: 2_000,
+            },
+            OutboxUpdate::Failed {
+                seq: seqs[1],
+                reason: "refused".into(),
+                receipt: Some(b"receipt b".to_vec()),
+                at_ms: 2_000,
+            },
+            // Finished exactly at the cutoff: not before it.
+            OutboxUpdate::Delivered {
+                seq: seqs[2],
+                receipt: b"receipt c".to_vec(),
+                at_ms: CUTOFF,
+            },
+            OutboxUpdate::InFlight {
+                seq: seqs[3],
+                attempts: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    let cursors: Vec<u64> = store
+        .accept_inbox(vec![
+            incoming("org-x", "in-1", b"r-1"),
+            incoming("org-x", "in-2", b"r-2"),
+            incoming("org-x", "in-3", b"r-3"),
+        ])
+        .await
+        .unwrap()
+        .iter()
+        .map(|outcome| outcome.cursor)
+        .collect();
+    assert!(
+        store
+            .ack_inbox(cursors[0], 2_000, "api uid=1000")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .ack_inbox(cursors[1], CUTOFF, "api uid=1000")
+            .await
+            .unwrap()
+    );
+    let before = outbox_rows(store, "n-1").await;
+    let inbox_before = store.inbox_after(0, 10, false, None).await.unwrap();
+    assert!(before.iter().all(|row| row.purged_at_ms.is_none()));
+    assert!(inbox_before.iter().all(|item| item.purged_at_ms.is_none()));
+
+    let expected = PurgeReport {
+        outbox_rows: 2,
+        inbox_items: 1,
+    };
+    assert_eq!(
+        store.purge_bodies(CUTOFF, NOW, true).await.unwrap(),
+        expected
+    );
+    assert_eq!(
+        outbox_rows(store, "n-1").await,
+        before,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        store.inbox_after(0, 10, false, None).await.unwrap(),
+        inbox_before
+    );
+
+    assert_eq!(
+        store.purge_bodies(CUTOFF, NOW, false).await.unwrap(),
+        expected
+    );
+    let after = outbox_rows(store, "n-1").await;
+    for (row, old) in after.iter().zip(&before) {
+        let purged = row.seq == seqs[0] || row.seq == seqs[1];
+        if purged {
+            assert!(
+                row.envelope.is_empty(),
+                "row {} keeps its body",
+                row.recipient
+            );
+            assert_eq!(row.purged_at_ms, Some(NOW));
+            let kept = OutboxItem {
+                envelope: old.envelope.clone(),
+                purged_at_ms: None,
+                ..row.clone()
+            };
+            assert_eq!(&kept, old, "only the body changes");
+        } else {
+            assert_eq!(row, old, "row {} is not due", row.recipient);
+        }
+    }
+    let receipts: Vec<Option<Vec<u8>>> = store
+        .delivery("n-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .recipients
+        .into_iter()
+        .map(|row| row.receipt)
+        .collect();
+    assert_eq!(receipts[0].as_deref(), Some(&b"receipt a"[..]));
+    assert_eq!(receipts[1].as_deref(), Some(&b"receipt b"[..]));
+    let inbox_after = store.inbox_after(0, 10, false, None).await.unwrap();
+    assert!(inbox_after[0].envelope.is_empty());
+    assert_eq!(inbox_after[0].purged_at_ms, Some(NOW));
+    assert_eq!(inbox_after[0].receipt, b"r-1");
+    assert_eq!(inbox_after[0].acked_at_ms, Some(2_000));
+    assert_eq!(inbox_after[0].notice_id, "in-1");
+    assert_eq!(inbox_after[1..], inbox_before[1..]);
+    assert_eq!(
+        store.inbox_by_notice("in-1").await.unwrap()[0].purged_at_ms,
+        Some(NOW)
+    );
+
+    // Idempotent: nothing is due again, and the first purge time stays.
+    assert_eq!(
+        store
+            .purge_bodies(CUTOFF, NOW + 1_000, false)
+            .await
+            .unwrap(),
+        PurgeReport::default()
+    );
+    assert_eq!(outbox_rows(store, "n-1").await, after);
+    // A purged failed row has nothing left to send: it is not reopened.
+    assert_eq!(store.reopen_outbox(vec![seqs[1]], NOW).await.unwrap(), 0);
+
+    // A later cutoff takes the rows finished at the first one; the row in
+    // flight and the unacknowledged item are never purged.
+    assert_eq!(
+        store
+            .purge_bodies(EXPIRES_AT * 2, NOW, false)
+            .await
+            .unwrap(),
+        PurgeReport {
+            outbox_rows: 1,
+            inbox_items: 1,
+        }
+    );
+    let last = outbox_rows(store, "n-1").await;
+    assert_eq!(last[3].envelope, envelope("n-1", "d"));
+    assert_eq!(last[3].purged_at_ms, None);
+    assert_eq!(seqs_of(store, "d").await, [seqs[3]]);
+    let unacked = store.inbox_after(0, 10, true, None).await.unwrap();
+    assert_eq!(unacked.len(), 1);
+    assert_eq!(unacked[0].envelope, incoming_envelope("org-x", "in-3"));
+}
+
 pub(crate) trait Fresh {
     type Guard;
     type Store;
@@ -1495,6 +1668,7 @@ macro_rules! store_suite {
             audit_entries_page_and_filter_by_time_and_citizen,
             a_rolled_back_write_leaves_no_audit_entry,
             team_inboxes_place_items_and_keep_the_first_reader_and_handler,
+            purge_bodies_empties_finished_and_acknowledged_bodies_only,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
