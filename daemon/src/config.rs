@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::Millis;
+use crate::at_rest::KekSource;
 use crate::signing::PublicKey;
 use crate::transport::tls::Fingerprint;
 
@@ -80,6 +81,10 @@ pub struct Config {
     pub path: PathBuf,
     pub site: Site,
     pub store: StoreConfig,
+    /// `[storage]`: where the key-encryption key comes from. Required to
+    /// run (encryption at rest is not optional); `None` only so tools can
+    /// still read an older config and say what to add.
+    pub storage: Option<StorageConfig>,
     pub transport: TransportConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
@@ -127,6 +132,13 @@ impl std::fmt::Debug for StoreConfig {
                 .finish(),
         }
     }
+}
+
+/// Encryption at rest: the key-encryption key that wraps the store's data
+/// key (see [`crate::at_rest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub kek: KekSource,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +230,7 @@ impl Peer {
 struct FileConfig {
     site: FileSite,
     store: FileStore,
+    storage: Option<FileStorage>,
     transport: FileTransport,
     api: FileApi,
     #[serde(default)]
@@ -252,6 +265,13 @@ struct FileSite {
 struct FileStore {
     url: String,
     max_connections: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -444,6 +464,38 @@ impl Config {
             }
         };
 
+        let storage = match &file.storage {
+            None => None,
+            Some(FileStorage {
+                key_file: Some(key_file),
+                key_env: None,
+            }) => Some(StorageConfig {
+                kek: KekSource::File(resolve(key_file)),
+            }),
+            Some(FileStorage {
+                key_file: None,
+                key_env: Some(name),
+            }) => {
+                if name.trim().is_empty() {
+                    return Err(invalid(
+                        "storage.key_env",
+                        "must name an environment variable".into(),
+                    ));
+                }
+                Some(StorageConfig {
+                    kek: KekSource::Env(name.clone()),
+                })
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "storage.key_file",
+                    "give exactly one of `key_file` (a file of 64 hex digits, mode 0600) or \
+                     `key_env` (an environment variable holding them)"
+                        .into(),
+                ));
+            }
+        };
+
         let listen = file.transport.listen.parse().map_err(|_| {
             invalid(
                 "transport.listen",
@@ -628,6 +680,7 @@ impl Config {
                 signing_key: file.site.signing_key.as_deref().map(resolve),
             },
             store,
+            storage,
             transport: TransportConfig {
                 listen,
                 certificate: resolve(&file.transport.certificate),
@@ -682,6 +735,9 @@ sector = "municipality"
 [store]
 url = "sqlite://data/tvaers.db"
 
+[storage]
+key_file = "keys/storage.kek"
+
 [transport]
 listen = "127.0.0.1:7401"
 certificate = "keys/tls-cert.pem"
@@ -714,6 +770,42 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         assert_eq!(
             c.api.admin_socket,
             PathBuf::from("/etc/tvaers/run/admin.sock")
+        );
+        assert_eq!(
+            c.storage,
+            Some(StorageConfig {
+                kek: KekSource::File(PathBuf::from("/etc/tvaers/keys/storage.kek"))
+            })
+        );
+    }
+
+    #[test]
+    fn storage_takes_one_key_source() {
+        let env = GOOD.replace(
+            "key_file = \"keys/storage.kek\"",
+            "key_env = \"TVAERS_STORAGE_KEK\"",
+        );
+        let c = Config::parse(Path::new("x.toml"), &env).unwrap();
+        assert_eq!(
+            c.storage.unwrap().kek,
+            KekSource::Env("TVAERS_STORAGE_KEK".into())
+        );
+        for bad in [
+            GOOD.replace(
+                "key_file = \"keys/storage.kek\"",
+                "key_file = \"k\"\nkey_env = \"V\"",
+            ),
+            GOOD.replace("key_file = \"keys/storage.kek\"", ""),
+        ] {
+            let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+            assert!(err.to_string().contains("storage.key_file"), "{err}");
+        }
+        let missing = GOOD.replace("[storage]\nkey_file = \"keys/storage.kek\"\n", "");
+        assert_eq!(
+            Config::parse(Path::new("x.toml"), &missing)
+                .unwrap()
+                .storage,
+            None
         );
     }
 
@@ -878,6 +970,7 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
             let config = Config::load(&dir.join(file)).unwrap();
             assert_eq!(config.site.sector, sector, "{file}");
             assert_eq!(config.peers.len(), 2, "{file}");
+            assert!(config.storage.is_some(), "{file}");
         }
     }
 }

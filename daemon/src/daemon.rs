@@ -1,6 +1,8 @@
 //! Wiring one daemon together, and taking it apart again gracefully.
 //!
-//! Start-up order: store, keys, QUIC endpoint, writers (group commits),
+//! Start-up order: key files checked (owner-only), store, its data key
+//! unwrapped with the key-encryption key and the store wrapped so envelopes
+//! are encrypted at rest, keys, QUIC endpoint, writers (group commits),
 //! one delivery driver per peer (reloaded from the outbox), the receive
 //! loop, then the local API. Shutdown runs the other way: stop taking new
 //! work (API, incoming streams), let the writes in progress commit, let the
@@ -19,16 +21,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminService, AdminState};
 use crate::api::{self, ApiState, LocalApiService};
+use crate::at_rest::{AtRestError, Kek, KekSource, Keyring};
 use crate::batch::GroupCommit;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::CitizenKeys;
 use crate::delivery::driver::DriverSettings;
 use crate::delivery::machine::MachineConfig;
+use crate::identity::IdentityError;
 use crate::metrics::{self, Metrics};
 use crate::peers::{DriverContext, PeerSet};
 use crate::receive::Receiver;
 use crate::signing::{SigningError, SigningKey};
 use crate::store::postgres::{PostgresStore, describe_url};
+use crate::store::sealed::SealedStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::transport::endpoint::{Endpoint, EndpointSettings, TransportError};
@@ -47,6 +52,14 @@ pub enum DaemonError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Signing(#[from] SigningError),
+    #[error(transparent)]
+    KeyFile(#[from] IdentityError),
+    #[error(transparent)]
+    AtRest(#[from] AtRestError),
+    #[error(
+        "no [storage] key-encryption key is configured: notices are stored encrypted and the key that protects them must be given. Create one with `tvaers keys generate-kek keys/storage.kek` (mode 0600) and add to the config:\n  [storage]\n  key_file = \"keys/storage.kek\"\n(or `key_env = \"VARIABLE\"` naming an environment variable that holds its 64 hex digits)"
+    )]
+    NoStorageKey,
     #[error(
         "site.signing_key is not set: every notice is signed; create a key with `tvaersd generate-keys` (or `tvaers init`) and name it in [site]"
     )]
@@ -71,6 +84,35 @@ pub enum DaemonError {
     },
 }
 
+impl DaemonError {
+    /// True when the configuration (a key file, a missing setting) is at
+    /// fault: `tvaersd` exits with 2 then, as for a bad config file.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            DaemonError::KeyFile(_) | DaemonError::NoStorageKey | DaemonError::NoSigningKey => true,
+            DaemonError::AtRest(error) => error.is_configuration(),
+            _ => false,
+        }
+    }
+}
+
+/// Refuses private key files (TLS key, signing key, KEK file) that group or
+/// others may read or write, before any of them is used.
+pub fn check_key_files(config: &Config) -> Result<(), DaemonError> {
+    let mut files = vec![&config.transport.private_key];
+    files.extend(config.site.signing_key.as_ref());
+    if let Some(crate::config::StorageConfig {
+        kek: KekSource::File(path),
+    }) = &config.storage
+    {
+        files.push(path);
+    }
+    for path in files {
+        crate::identity::check_owner_only(path)?;
+    }
+    Ok(())
+}
+
 /// Addresses a running daemon actually bound (useful when port 0 was asked).
 #[derive(Debug, Clone)]
 pub struct Bound {
@@ -84,7 +126,12 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), DaemonError> {
-    let store: Arc<dyn Store> = match &config.store {
+    check_key_files(&config)?;
+    let kek = match &config.storage {
+        Some(storage) => Kek::load(&storage.kek)?,
+        None => return Err(DaemonError::NoStorageKey),
+    };
+    let backend: Arc<dyn Store> = match &config.store {
         StoreConfig::Sqlite { path } => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
@@ -107,6 +154,17 @@ pub async fn run(
             Arc::new(PostgresStore::open(url, *max_connections).await?)
         }
     };
+    // Kept beside the store: the admin API re-wraps with it, and the audit
+    // log derives its citizen key from it (`Keyring::citizen_hmac_key`).
+    let keyring = match Keyring::open(backend.as_ref(), kek).await {
+        Ok(keyring) => Arc::new(keyring),
+        Err(error) => {
+            backend.close().await;
+            return Err(error.into());
+        }
+    };
+    tracing::info!(kek_id = %keyring.kek_id(), "store encrypted at rest");
+    let store: Arc<dyn Store> = Arc::new(SealedStore::new(backend, keyring.clone()));
     let started_at_ms = crate::now_ms();
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
     let certificate_not_after_ms = identity.not_after_ms();
@@ -235,6 +293,7 @@ pub async fn run(
         signing_key: signing_public_key,
         certificate_not_after_ms,
         started_at_ms,
+        keyring,
     });
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
 

@@ -4,7 +4,7 @@
 //! | step | file |
 //! |---|---|
 //! | a local system submits | [`api::submit`] (signed there, [`signing`]) |
-//! | the notice is persisted | [`store`] ([`store::sqlite`]) |
+//! | the notice is persisted | [`store`] ([`store::sqlite`]), its envelope encrypted by [`store::sealed`] |
 //! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`] |
 //! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
 //! | the peer receives it | [`receive`] |
@@ -13,11 +13,13 @@
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
 //! turns the TOML file into typed settings; [`peers`] holds who we exchange
 //! with and applies trust changes while running; [`admin`] is what the
-//! `tvaers` CLI asks; [`metrics`] is what operators scrape.
+//! `tvaers` CLI asks; [`metrics`] is what operators scrape; [`at_rest`] holds
+//! the keys of encryption at rest and [`identity`] the site's key files.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod api;
+pub mod at_rest;
 pub mod batch;
 pub mod config;
 pub mod daemon;

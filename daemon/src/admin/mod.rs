@@ -3,7 +3,9 @@
 //! operator, may manage trust; local systems use the 0660 local API).
 //!
 //! One file per concern: [`status`], [`reload`] (peers from the config file,
-//! applied without a restart), [`outbox`] (list, retry, cancel).
+//! applied without a restart), [`outbox`] (list, retry, cancel), [`verify`]
+//! (stored signatures), [`rewrap`] (the data key under a new
+//! key-encryption key).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tvaers_proto::v1;
 use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
 
+use crate::at_rest::Keyring;
 use crate::config::Site;
 use crate::peers::PeerSet;
 use crate::signing::PublicKey;
@@ -21,6 +24,7 @@ use crate::{Millis, api};
 
 pub mod outbox;
 pub mod reload;
+pub mod rewrap;
 pub mod status;
 pub mod verify;
 
@@ -40,6 +44,8 @@ pub struct AdminState {
     pub signing_key: PublicKey,
     pub certificate_not_after_ms: Option<Millis>,
     pub started_at_ms: Millis,
+    /// The store's data key, for `RewrapStoreKey`.
+    pub keyring: Arc<Keyring>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +102,15 @@ impl AdminApi for AdminService {
         request: Request<v1::VerifyNoticeRequest>,
     ) -> Result<Response<v1::VerifyNoticeResponse>, Status> {
         verify::verify_notice(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rewrap_store_key(
+        &self,
+        request: Request<v1::RewrapStoreKeyRequest>,
+    ) -> Result<Response<v1::RewrapStoreKeyResponse>, Status> {
+        rewrap::rewrap_store_key(&self.state, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -614,7 +614,7 @@ mod tests {
     use super::*;
     use crate::store::{
         AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-        OutboxFilter, OutboxItem, StoreCounts, SubmitOutcome,
+        OutboxFilter, OutboxItem, StoreCounts, StoredKey, SubmitOutcome,
     };
     use crate::transport::endpoint::EndpointSettings;
     use crate::transport::tls::{Identity, TrustStore};
@@ -698,6 +698,20 @@ mod tests {
             unimplemented!("not used by the driver")
         }
         async fn counts(&self) -> Result<StoreCounts, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn load_store_key(&self, _: &str) -> Result<Option<StoredKey>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn create_store_key(&self, _: &str, _: StoredKey) -> Result<StoredKey, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn replace_store_key(
+            &self,
+            _: &str,
+            _: &StoredKey,
+            _: StoredKey,
+        ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}

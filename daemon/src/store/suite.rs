@@ -18,7 +18,7 @@
 
 use super::{
     IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxState, OutboxUpdate,
-    Store, StoreCounts, StoreError, SubmitOutcome,
+    Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
 };
 use crate::Millis;
 
@@ -1081,6 +1081,93 @@ pub(crate) async fn reopen_outbox_only_reopens_failed_unexpired_rows(store: &dyn
     );
 }
 
+fn stored_key(wrapped: &[u8], kek_id: &str, at_ms: Millis) -> StoredKey {
+    StoredKey {
+        wrapped: wrapped.to_vec(),
+        kek_id: kek_id.to_owned(),
+        created_at_ms: at_ms,
+        updated_at_ms: at_ms,
+    }
+}
+
+/// A store key is created once: a second create (another instance racing
+/// at first start) gets the first one back and changes nothing.
+pub(crate) async fn store_keys_are_created_once(store: &dyn Store) {
+    assert_eq!(store.load_store_key("data").await.unwrap(), None);
+    let first = stored_key(b"wrapped-1\x00\xff", "kek-a", 1_000);
+    assert_eq!(
+        store.create_store_key("data", first.clone()).await.unwrap(),
+        first
+    );
+    let second = stored_key(b"wrapped-2", "kek-b", 2_000);
+    assert_eq!(store.create_store_key("data", second).await.unwrap(), first);
+    assert_eq!(
+        store.load_store_key("data").await.unwrap(),
+        Some(first.clone())
+    );
+    // Names are independent.
+    let other = stored_key(b"other", "kek-a", 3_000);
+    assert_eq!(
+        store
+            .create_store_key("other", other.clone())
+            .await
+            .unwrap(),
+        other
+    );
+    assert_eq!(store.load_store_key("data").await.unwrap(), Some(first));
+}
+
+/// Replacing a store key is a compare-and-set on its wrapped bytes and KEK
+/// id: a stale expectation changes nothing.
+pub(crate) async fn replace_store_key_is_compare_and_set(store: &dyn Store) {
+    let missing = stored_key(b"w", "kek-a", 1_000);
+    assert!(
+        !store
+            .replace_store_key("data", &missing, missing.clone())
+            .await
+            .unwrap()
+    );
+    let original = stored_key(b"wrapped-a", "kek-a", 1_000);
+    store
+        .create_store_key("data", original.clone())
+        .await
+        .unwrap();
+    let rewrapped = StoredKey {
+        updated_at_ms: 5_000,
+        ..stored_key(b"wrapped-b", "kek-b", 1_000)
+    };
+    assert!(
+        store
+            .replace_store_key("data", &original, rewrapped.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.load_store_key("data").await.unwrap(),
+        Some(rewrapped.clone())
+    );
+    // The original is gone: replacing it again fails, as does an
+    // expectation with the right bytes but another KEK id.
+    let third = stored_key(b"wrapped-c", "kek-c", 6_000);
+    assert!(
+        !store
+            .replace_store_key("data", &original, third.clone())
+            .await
+            .unwrap()
+    );
+    let wrong_id = StoredKey {
+        kek_id: "kek-x".to_owned(),
+        ..rewrapped.clone()
+    };
+    assert!(
+        !store
+            .replace_store_key("data", &wrong_id, third)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.load_store_key("data").await.unwrap(), Some(rewrapped));
+}
+
 pub(crate) trait Fresh {
     type Guard;
     type Store;
@@ -1131,6 +1218,8 @@ macro_rules! store_suite {
             reopen_outbox_only_reopens_failed_unexpired_rows,
             probe_write_commits_repeatedly,
             inbox_by_notice_finds_every_sender_s_copy,
+            store_keys_are_created_once,
+            replace_store_key_is_compare_and_set,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
