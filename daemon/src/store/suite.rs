@@ -1090,19 +1090,28 @@ fn stored_key(wrapped: &[u8], kek_id: &str, at_ms: Millis) -> StoredKey {
     }
 }
 
+// The names differ from the daemon's own ("data"), which a sealed store
+// holds from the start.
+
 /// A store key is created once: a second create (another instance racing
 /// at first start) gets the first one back and changes nothing.
 pub(crate) async fn store_keys_are_created_once(store: &dyn Store) {
-    assert_eq!(store.load_store_key("data").await.unwrap(), None);
+    assert_eq!(store.load_store_key("suite-key").await.unwrap(), None);
     let first = stored_key(b"wrapped-1\x00\xff", "kek-a", 1_000);
     assert_eq!(
-        store.create_store_key("data", first.clone()).await.unwrap(),
+        store
+            .create_store_key("suite-key", first.clone())
+            .await
+            .unwrap(),
         first
     );
     let second = stored_key(b"wrapped-2", "kek-b", 2_000);
-    assert_eq!(store.create_store_key("data", second).await.unwrap(), first);
     assert_eq!(
-        store.load_store_key("data").await.unwrap(),
+        store.create_store_key("suite-key", second).await.unwrap(),
+        first
+    );
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
         Some(first.clone())
     );
     // Names are independent.
@@ -1114,7 +1123,10 @@ pub(crate) async fn store_keys_are_created_once(store: &dyn Store) {
             .unwrap(),
         other
     );
-    assert_eq!(store.load_store_key("data").await.unwrap(), Some(first));
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
+        Some(first)
+    );
 }
 
 /// Replacing a store key is a compare-and-set on its wrapped bytes and KEK
@@ -1123,13 +1135,13 @@ pub(crate) async fn replace_store_key_is_compare_and_set(store: &dyn Store) {
     let missing = stored_key(b"w", "kek-a", 1_000);
     assert!(
         !store
-            .replace_store_key("data", &missing, missing.clone())
+            .replace_store_key("suite-key", &missing, missing.clone())
             .await
             .unwrap()
     );
     let original = stored_key(b"wrapped-a", "kek-a", 1_000);
     store
-        .create_store_key("data", original.clone())
+        .create_store_key("suite-key", original.clone())
         .await
         .unwrap();
     let rewrapped = StoredKey {
@@ -1138,12 +1150,12 @@ pub(crate) async fn replace_store_key_is_compare_and_set(store: &dyn Store) {
     };
     assert!(
         store
-            .replace_store_key("data", &original, rewrapped.clone())
+            .replace_store_key("suite-key", &original, rewrapped.clone())
             .await
             .unwrap()
     );
     assert_eq!(
-        store.load_store_key("data").await.unwrap(),
+        store.load_store_key("suite-key").await.unwrap(),
         Some(rewrapped.clone())
     );
     // The original is gone: replacing it again fails, as does an
@@ -1151,7 +1163,7 @@ pub(crate) async fn replace_store_key_is_compare_and_set(store: &dyn Store) {
     let third = stored_key(b"wrapped-c", "kek-c", 6_000);
     assert!(
         !store
-            .replace_store_key("data", &original, third.clone())
+            .replace_store_key("suite-key", &original, third.clone())
             .await
             .unwrap()
     );
@@ -1161,11 +1173,14 @@ pub(crate) async fn replace_store_key_is_compare_and_set(store: &dyn Store) {
     };
     assert!(
         !store
-            .replace_store_key("data", &wrong_id, third)
+            .replace_store_key("suite-key", &wrong_id, third)
             .await
             .unwrap()
     );
-    assert_eq!(store.load_store_key("data").await.unwrap(), Some(rewrapped));
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
+        Some(rewrapped)
+    );
 }
 
 pub(crate) trait Fresh {
