@@ -72,11 +72,13 @@ impl SealedStore {
     }
 }
 
-fn outbox_row<'a>(notice_id: &'a str, recipient: &'a str) -> [&'a [u8]; 3] {
+/// What an outbox row's envelope is bound to (its additional data).
+pub fn outbox_row<'a>(notice_id: &'a str, recipient: &'a str) -> [&'a [u8]; 3] {
     [b"outbox", notice_id.as_bytes(), recipient.as_bytes()]
 }
 
-fn inbox_row<'a>(sender: &'a str, notice_id: &'a str) -> [&'a [u8]; 3] {
+/// What an inbox item's envelope is bound to (its additional data).
+pub fn inbox_row<'a>(sender: &'a str, notice_id: &'a str) -> [&'a [u8]; 3] {
     [b"inbox", sender.as_bytes(), notice_id.as_bytes()]
 }
 
