@@ -333,3 +333,72 @@ async fn tvaersd_refuses_key_files_others_can_read_and_names_the_fix() {
     sites.start(org).await.unwrap();
     assert!(sites.stop(org).await.unwrap().success());
 }
+
+/// `tvaersd check` with the KEK in an environment variable, without it, and
+/// with no `[storage]` at all: the last two are configuration errors that
+/// say what to do.
+#[test]
+fn the_kek_may_come_from_the_environment_and_is_required() {
+    let sites = Sites::temporary(&[PSYCHIATRY]).unwrap();
+    let site = sites.site(PSYCHIATRY.org_id);
+    let kek_file = site.dir.join("keys/storage.kek");
+    let hex_text = std::fs::read_to_string(&kek_file).unwrap();
+    let check = |env: Option<&str>| {
+        let mut command = Command::new(tvaers_e2e::daemon_binary().unwrap());
+        command
+            .arg("--config")
+            .arg(&site.config)
+            .arg("check")
+            .env_remove("TVAERS_TEST_STORAGE_KEK");
+        if let Some(value) = env {
+            command.env("TVAERS_TEST_STORAGE_KEK", value);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (code, from_file) = check(None);
+    assert_eq!(code, Some(0), "{from_file}");
+    let id = from_file
+        .lines()
+        .find_map(|l| l.strip_prefix("storage key-encryption key: "))
+        .unwrap()
+        .to_owned();
+
+    sites
+        .edit_config(PSYCHIATRY.org_id, |text| {
+            text.replace(
+                "key_file = \"keys/storage.kek\"",
+                "key_env = \"TVAERS_TEST_STORAGE_KEK\"",
+            )
+        })
+        .unwrap();
+    let (code, output) = check(Some(hex_text.trim()));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains(&id), "{output}");
+    assert!(!output.contains(hex_text.trim()));
+    let (code, output) = check(None);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(output.contains("TVAERS_TEST_STORAGE_KEK"), "{output}");
+    let (code, output) = check(Some("not a key"));
+    assert_eq!(code, Some(2), "{output}");
+    assert!(output.contains("64 hex digits"), "{output}");
+
+    sites
+        .edit_config(PSYCHIATRY.org_id, |text| {
+            text.replace("[storage]\nkey_env = \"TVAERS_TEST_STORAGE_KEK\"\n", "")
+        })
+        .unwrap();
+    let (code, output) = check(None);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("tvaers keys generate-kek") && output.contains("[storage]"),
+        "{output}"
+    );
+}
