@@ -256,6 +256,10 @@ async fn rewrap_moves_the_store_to_a_new_kek_and_the_old_one_is_refused_by_id() 
     assert_ne!(old_id, new_id);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("key_file = \"keys/storage-2.kek\""), "{text}");
+    let shown = tvaers(&config, &["--json", "keys", "show"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["storage_key"]["kek_id"], new_id.as_str());
     // The key material is in no output and no log line.
     let new_hex = std::fs::read_to_string(&new_key).unwrap();
     let old_hex = std::fs::read_to_string(site.dir.join("keys/storage.kek")).unwrap();

@@ -286,11 +286,22 @@ fn show(config: &Config, out: Output) -> anyhow::Result<()> {
     let public = signing_key(config)?.public_key();
     let rotation = rotation(config)?;
     let days_left = (not_after - tvaers_daemon::now_ms()) / DAY_MS;
+    // The id only, never the key; a key the CLI cannot read (an environment
+    // variable set only for the daemon) is not an error here.
+    let storage = config.storage.as_ref().map(|storage| {
+        let id = Kek::load(&storage.kek).map(|kek| kek.id().to_owned());
+        (storage.kek.to_string(), id)
+    });
     let value = json!({
         "certificate": config.transport.certificate,
         "tls_fingerprint": fingerprint.to_string(),
         "certificate_not_after": format_time(not_after),
         "signing_key": public.to_string(),
+        "storage_key": storage.as_ref().map(|(source, id)| json!({
+            "source": source,
+            "kek_id": id.as_ref().ok(),
+            "error": id.as_ref().err().map(ToString::to_string),
+        })),
         "rotation": rotation.as_ref().map(|r| json!({
             "new_certificate": r.new_certificate,
             "new_fingerprint": r.new_fingerprint.to_string(),
@@ -310,6 +321,19 @@ fn show(config: &Config, out: Output) -> anyhow::Result<()> {
             public,
             grouped(&public.to_string()),
         );
+        match &storage {
+            Some((source, Ok(id))) => {
+                text.push_str(&format!("storage key:     {source} (id {id})\n"));
+            }
+            Some((source, Err(error))) => {
+                text.push_str(&format!(
+                    "storage key:     {source} (cannot read it: {error})\n"
+                ));
+            }
+            None => text.push_str(
+                "storage key:     none: add [storage] key_file (see `tvaers keys generate-kek`)\n",
+            ),
+        }
         if days_left < 30 {
             text.push_str(
                 "warning: the certificate expires within 30 days: run `tvaers keys rotate-tls`\n",

@@ -231,14 +231,26 @@ pub struct OpenOutbox {
 }
 
 /// A key kept in the store, wrapped (encrypted) under a key-encryption key
-/// that is not (see [`crate::at_rest`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// that is not (see [`crate::at_rest`]). `Debug` shows the KEK id, not the
+/// wrapped bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     pub wrapped: Vec<u8>,
     /// Which key-encryption key wrapped it (a short digest, not secret).
     pub kek_id: String,
     pub created_at_ms: Millis,
     pub updated_at_ms: Millis,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("wrapped_len", &self.wrapped.len())
+            .field("kek_id", &self.kek_id)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("updated_at_ms", &self.updated_at_ms)
+            .finish()
+    }
 }
 
 /// Durable storage for one organisation. Every write is committed (and, on
