@@ -476,10 +476,16 @@ impl Config {
                 key_file: None,
                 key_env: Some(name),
             }) => {
-                if name.trim().is_empty() {
+                // Never echo the value: an operator may have pasted the key
+                // itself here instead of a variable's name.
+                let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !is_name {
                     return Err(invalid(
                         "storage.key_env",
-                        "must name an environment variable".into(),
+                        "must be the name of an environment variable (letters, digits and `_`, \
+                         not starting with a digit) that holds the key, not the key itself"
+                            .into(),
                     ));
                 }
                 Some(StorageConfig {
@@ -800,6 +806,14 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
             let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
             assert!(err.to_string().contains("storage.key_file"), "{err}");
         }
+        let pasted = "0123456789abcdef".repeat(4);
+        let bad = GOOD.replace(
+            "key_file = \"keys/storage.kek\"",
+            &format!("key_env = \"{pasted}\""),
+        );
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("storage.key_env"), "{err}");
+        assert!(!err.to_string().contains(&pasted), "{err}");
         let missing = GOOD.replace("[storage]\nkey_file = \"keys/storage.kek\"\n", "");
         assert_eq!(
             Config::parse(Path::new("x.toml"), &missing)
