@@ -64,7 +64,8 @@ enum Command {
     /// Peers this site trusts: add from a card, list, show, remove, revoke.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
-    /// This site's keys: show them, rotate the TLS certificate.
+    /// This site's keys: show them, rotate the TLS certificate, re-wrap the
+    /// storage key.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// The running daemon: health, peers, counts, warnings.
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
             Command::Init(a) => init::run(a, out),
             Command::Card(c) => card_cmd::run(c, &config, out),
             Command::Peer(c) => peer::run(c, &config, out).await,
-            Command::Keys(c) => keys::run(c, &config, out),
+            Command::Keys(c) => keys::run(c, &config, out).await,
             Command::Status => status::run(&config, out).await,
             Command::Outbox(c) => outbox::run(c, &config, out).await,
             Command::Inbox(c) => inbox::run(c, &config, out).await,

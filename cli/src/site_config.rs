@@ -1,5 +1,5 @@
-//! Editing the site's config file in place: `[[peers]]` entries and the
-//! TLS file paths. Uses `toml_edit` so the operator's comments and layout
+//! Editing the site's config file in place: `[[peers]]` entries, the TLS
+//! file paths and the storage key-encryption key file. Uses `toml_edit` so the operator's comments and layout
 //! survive, and checks the result with the daemon's own parser before it
 //! replaces the file, so the CLI can never leave a config the daemon
 //! refuses.
@@ -198,6 +198,26 @@ impl SiteConfig {
         set_keep_decor(transport, "certificate", &rel(certificate));
         set_keep_decor(transport, "private_key", &rel(private_key));
     }
+
+    /// Points `[storage] key_file` at a new key-encryption key file
+    /// (relative to the config's directory when possible), replacing a
+    /// `key_env` if that was used.
+    pub fn set_storage_key_file(&mut self, key_file: &Path) {
+        let base = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        let rel = key_file
+            .strip_prefix(&base)
+            .unwrap_or(key_file)
+            .to_string_lossy()
+            .into_owned();
+        let storage = self
+            .doc
+            .entry("storage")
+            .or_insert(Item::Table(Table::new()));
+        if let Some(table) = storage.as_table_like_mut() {
+            table.remove("key_env");
+        }
+        set_keep_decor(storage, "key_file", &rel);
+    }
 }
 
 /// Sets a string value, keeping the comment after the old value.
@@ -381,6 +401,33 @@ fingerprint = "sha256:1111111111111111111111111111111111111111111111111111111111
             text.contains("certificate = \"keys/tls-1/tls-cert.pem\"  # the current certificate"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_storage_key_file_is_set_and_replaces_an_environment_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tvaers.toml");
+        let with_env = CONFIG.replace(
+            "[transport]",
+            "[storage]\nkey_env = \"TVAERS_STORAGE_KEK\"  # set by systemd\n\n[transport]",
+        );
+        for text in [CONFIG.to_owned(), with_env] {
+            std::fs::write(&file, &text).unwrap();
+            let mut c = SiteConfig::load(&file).unwrap();
+            c.set_storage_key_file(&dir.path().join("keys/storage-2.kek"));
+            let config = c.save().unwrap();
+            assert_eq!(
+                config.storage.unwrap().kek,
+                tvaers_daemon::at_rest::KekSource::File(dir.path().join("keys/storage-2.kek"))
+            );
+            let saved = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                saved.contains("key_file = \"keys/storage-2.kek\""),
+                "{saved}"
+            );
+            assert!(!saved.contains("key_env"), "{saved}");
+            assert!(saved.contains("# Our psychiatry peer"), "{saved}");
+        }
     }
 
     #[test]

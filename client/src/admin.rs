@@ -1,7 +1,8 @@
 //! The daemon's admin API (`tvaers.v1.AdminApi`), for the `tvaers` CLI and
 //! operators' scripts: status, peer reloads, outbox management, signature
-//! checks and the retention purge. It listens on its own Unix socket (mode
-//! 0600), apart from the local API.
+//! checks, the retention purge, the audit log and re-wrapping the store's
+//! data key. It listens on its own Unix socket (mode 0600), apart from the
+//! local API.
 
 use std::path::Path;
 
@@ -96,6 +97,23 @@ impl AdminClient {
         let mut inner = self.inner.clone();
         inner
             .audit_entries(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
+    /// Asks the daemon to wrap its store's data key under the key-encryption
+    /// key in `new_key_file` (an absolute path on the daemon's host, mode
+    /// 0600). Returns the old and new key-encryption key ids.
+    pub async fn rewrap_store_key(
+        &self,
+        new_key_file: &Path,
+    ) -> Result<v1::RewrapStoreKeyResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .rewrap_store_key(v1::RewrapStoreKeyRequest {
+                new_key_file: new_key_file.to_string_lossy().into_owned(),
+            })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| self.map(s))

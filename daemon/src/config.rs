@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::Millis;
+use crate::at_rest::KekSource;
 use crate::escalation::{DeadlineRule, EscalationPolicy};
 use crate::routing::{RouteRule, RoutingTable};
 use crate::signing::PublicKey;
@@ -102,6 +103,10 @@ pub struct Config {
     pub path: PathBuf,
     pub site: Site,
     pub store: StoreConfig,
+    /// `[storage]`: where the key-encryption key comes from. Required to
+    /// run (encryption at rest is not optional); `None` only so tools can
+    /// still read an older config and say what to add.
+    pub storage: Option<StorageConfig>,
     pub transport: TransportConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
@@ -155,6 +160,13 @@ impl std::fmt::Debug for StoreConfig {
                 .finish(),
         }
     }
+}
+
+/// Encryption at rest: the key-encryption key that wraps the store's data
+/// key (see [`crate::at_rest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub kek: KekSource,
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +278,7 @@ impl Peer {
 struct FileConfig {
     site: FileSite,
     store: FileStore,
+    storage: Option<FileStorage>,
     transport: FileTransport,
     api: FileApi,
     #[serde(default)]
@@ -402,6 +415,13 @@ struct FileSite {
 struct FileStore {
     url: String,
     max_connections: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -663,6 +683,44 @@ impl Config {
             }
         };
 
+        let storage = match &file.storage {
+            None => None,
+            Some(FileStorage {
+                key_file: Some(key_file),
+                key_env: None,
+            }) => Some(StorageConfig {
+                kek: KekSource::File(resolve(key_file)),
+            }),
+            Some(FileStorage {
+                key_file: None,
+                key_env: Some(name),
+            }) => {
+                // Never echo the value: an operator may have pasted the key
+                // itself here instead of a variable's name.
+                let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !is_name {
+                    return Err(invalid(
+                        "storage.key_env",
+                        "must be the name of an environment variable (letters, digits and `_`, \
+                         not starting with a digit) that holds the key, not the key itself"
+                            .into(),
+                    ));
+                }
+                Some(StorageConfig {
+                    kek: KekSource::Env(name.clone()),
+                })
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "storage.key_file",
+                    "give exactly one of `key_file` (a file of 64 hex digits, mode 0600) or \
+                     `key_env` (an environment variable holding them)"
+                        .into(),
+                ));
+            }
+        };
+
         let listen = file.transport.listen.parse().map_err(|_| {
             invalid(
                 "transport.listen",
@@ -854,6 +912,7 @@ impl Config {
                 signing_key: file.site.signing_key.as_deref().map(resolve),
             },
             store,
+            storage,
             transport: TransportConfig {
                 listen,
                 certificate: resolve(&file.transport.certificate),
@@ -913,6 +972,9 @@ sector = "municipality"
 [store]
 url = "sqlite://data/tvaers.db"
 
+[storage]
+key_file = "keys/storage.kek"
+
 [transport]
 listen = "127.0.0.1:7401"
 certificate = "keys/tls-cert.pem"
@@ -945,6 +1007,50 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         assert_eq!(
             c.api.admin_socket,
             PathBuf::from("/etc/tvaers/run/admin.sock")
+        );
+        assert_eq!(
+            c.storage,
+            Some(StorageConfig {
+                kek: KekSource::File(PathBuf::from("/etc/tvaers/keys/storage.kek"))
+            })
+        );
+    }
+
+    #[test]
+    fn storage_takes_one_key_source() {
+        let env = GOOD.replace(
+            "key_file = \"keys/storage.kek\"",
+            "key_env = \"TVAERS_STORAGE_KEK\"",
+        );
+        let c = Config::parse(Path::new("x.toml"), &env).unwrap();
+        assert_eq!(
+            c.storage.unwrap().kek,
+            KekSource::Env("TVAERS_STORAGE_KEK".into())
+        );
+        for bad in [
+            GOOD.replace(
+                "key_file = \"keys/storage.kek\"",
+                "key_file = \"k\"\nkey_env = \"V\"",
+            ),
+            GOOD.replace("key_file = \"keys/storage.kek\"", ""),
+        ] {
+            let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+            assert!(err.to_string().contains("storage.key_file"), "{err}");
+        }
+        let pasted = "0123456789abcdef".repeat(4);
+        let bad = GOOD.replace(
+            "key_file = \"keys/storage.kek\"",
+            &format!("key_env = \"{pasted}\""),
+        );
+        let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
+        assert!(err.to_string().contains("storage.key_env"), "{err}");
+        assert!(!err.to_string().contains(&pasted), "{err}");
+        let missing = GOOD.replace("[storage]\nkey_file = \"keys/storage.kek\"\n", "");
+        assert_eq!(
+            Config::parse(Path::new("x.toml"), &missing)
+                .unwrap()
+                .storage,
+            None
         );
     }
 
@@ -1307,6 +1413,7 @@ to = ["housing-support"]
             let config = Config::load(&dir.join(file)).unwrap();
             assert_eq!(config.site.sector, sector, "{file}");
             assert_eq!(config.peers.len(), 2, "{file}");
+            assert!(config.storage.is_some(), "{file}");
             let route = |kind: &str, sender: &str| {
                 let peer = config.peer(sender).unwrap();
                 config.routing.route(&crate::routing::NoticeFacts {

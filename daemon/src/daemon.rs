@@ -1,6 +1,8 @@
 //! Wiring one daemon together, and taking it apart again gracefully.
 //!
-//! Start-up order: store, keys, QUIC endpoint, writers (group commits),
+//! Start-up order: key files checked (owner-only), store, its data key
+//! unwrapped with the key-encryption key and the store wrapped so envelopes
+//! are encrypted at rest, keys, QUIC endpoint, writers (group commits),
 //! one delivery driver per peer (reloaded from the outbox), the receive
 //! loop, the local API, then the retention purge (at once, then hourly). Shutdown runs the other way: stop taking new
 //! work (API, incoming streams), let the writes in progress commit, let the
@@ -20,17 +22,20 @@ use tokio_util::task::TaskTracker;
 use crate::Millis;
 use crate::admin::{AdminService, AdminState};
 use crate::api::{self, ApiState, LocalApiService};
-use crate::audit::{AuditAction, AuditEvent, AuditKeys, AuditQuery};
+use crate::at_rest::{AtRestError, Kek, KekSource, Keyring};
+use crate::audit::{AuditAction, AuditEvent, AuditQuery, ChainKey};
 use crate::batch::GroupCommit;
 use crate::config::{Config, StoreConfig};
 use crate::delivery::CitizenKeys;
 use crate::delivery::driver::DriverSettings;
 use crate::delivery::machine::MachineConfig;
+use crate::identity::IdentityError;
 use crate::metrics::{self, Metrics};
 use crate::peers::{DriverContext, PeerSet};
 use crate::receive::Receiver;
 use crate::signing::{SigningError, SigningKey};
 use crate::store::postgres::{PostgresStore, describe_url};
+use crate::store::sealed::SealedStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::transport::endpoint::{Endpoint, EndpointSettings, TransportError};
@@ -49,6 +54,14 @@ pub enum DaemonError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Signing(#[from] SigningError),
+    #[error(transparent)]
+    KeyFile(#[from] IdentityError),
+    #[error(transparent)]
+    AtRest(#[from] AtRestError),
+    #[error(
+        "no [storage] key-encryption key is configured: notices are stored encrypted and the key that protects them must be given. Create one with `tvaers keys generate-kek keys/storage.kek` (mode 0600) and add to the config:\n  [storage]\n  key_file = \"keys/storage.kek\"\n(or `key_env = \"VARIABLE\"` naming an environment variable that holds its 64 hex digits)"
+    )]
+    NoStorageKey,
     #[error(
         "site.signing_key is not set: every notice is signed; create a key with `tvaersd generate-keys` (or `tvaers init`) and name it in [site]"
     )]
@@ -73,6 +86,35 @@ pub enum DaemonError {
     },
 }
 
+impl DaemonError {
+    /// True when the configuration (a key file, a missing setting) is at
+    /// fault: `tvaersd` exits with 2 then, as for a bad config file.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            DaemonError::KeyFile(_) | DaemonError::NoStorageKey | DaemonError::NoSigningKey => true,
+            DaemonError::AtRest(error) => error.is_configuration(),
+            _ => false,
+        }
+    }
+}
+
+/// Refuses private key files (TLS key, signing key, KEK file) that group or
+/// others may read or write, before any of them is used.
+pub fn check_key_files(config: &Config) -> Result<(), DaemonError> {
+    let mut files = vec![&config.transport.private_key];
+    files.extend(config.site.signing_key.as_ref());
+    if let Some(crate::config::StorageConfig {
+        kek: KekSource::File(path),
+    }) = &config.storage
+    {
+        files.push(path);
+    }
+    for path in files {
+        crate::identity::check_owner_only(path)?;
+    }
+    Ok(())
+}
+
 /// Addresses a running daemon actually bound (useful when port 0 was asked).
 #[derive(Debug, Clone)]
 pub struct Bound {
@@ -92,15 +134,12 @@ pub async fn run(
         .as_ref()
         .ok_or(DaemonError::NoSigningKey)?;
     let signing_key = Arc::new(SigningKey::load(signing_key_path)?);
-    // TEMPORARY: derived from the signing key file until the store's data
-    // key exists.
-    let audit_keys = AuditKeys::derive(&std::fs::read(signing_key_path).map_err(|source| {
-        DaemonError::DataDir {
-            path: signing_key_path.display().to_string(),
-            source,
-        }
-    })?);
-    let store: Arc<dyn Store> = match &config.store {
+    check_key_files(&config)?;
+    let kek = match &config.storage {
+        Some(storage) => Kek::load(&storage.kek)?,
+        None => return Err(DaemonError::NoStorageKey),
+    };
+    let (backend, keyring): (Arc<dyn Store>, Arc<Keyring>) = match &config.store {
         StoreConfig::Sqlite { path } => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir {
@@ -108,9 +147,12 @@ pub async fn run(
                     source,
                 })?;
             }
-            let mut store = SqliteStore::open(path).await?;
-            store.set_audit_key(audit_keys.chain.clone());
-            Arc::new(store)
+            keyed(
+                SqliteStore::open(path).await?,
+                kek,
+                SqliteStore::set_audit_key,
+            )
+            .await?
         }
         StoreConfig::Postgres {
             url,
@@ -122,11 +164,17 @@ pub async fn run(
                 max_connections,
                 "opening the PostgreSQL store"
             );
-            let mut store = PostgresStore::open(url, *max_connections).await?;
-            store.set_audit_key(audit_keys.chain.clone());
-            Arc::new(store)
+            keyed(
+                PostgresStore::open(url, *max_connections).await?,
+                kek,
+                PostgresStore::set_audit_key,
+            )
+            .await?
         }
     };
+    let audit_keys = keyring.audit_keys();
+    tracing::info!(kek_id = %keyring.kek_id(), "store encrypted at rest");
+    let store: Arc<dyn Store> = Arc::new(SealedStore::new(backend, keyring.clone()));
     let started_at_ms = crate::now_ms();
     let identity = Identity::load(&config.transport.certificate, &config.transport.private_key)?;
     let certificate_not_after_ms = identity.not_after_ms();
@@ -257,6 +305,7 @@ pub async fn run(
         started_at_ms,
         audit_keys: audit_keys.clone(),
         retention: config.retention,
+        keyring,
     });
     record_start(
         store.as_ref(),
@@ -310,6 +359,25 @@ pub async fn run(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the data key in `backend` with `kek`, and gives the backend the
+/// audit chain key derived from it (before it is shared: appends need it).
+/// The keyring stays beside the store: the admin API re-wraps with it.
+async fn keyed<S: Store>(
+    mut backend: S,
+    kek: Kek,
+    set_audit_key: fn(&mut S, ChainKey),
+) -> Result<(Arc<dyn Store>, Arc<Keyring>), DaemonError> {
+    let keyring = match Keyring::open(&backend, kek).await {
+        Ok(keyring) => keyring,
+        Err(error) => {
+            backend.close().await;
+            return Err(error.into());
+        }
+    };
+    set_audit_key(&mut backend, keyring.audit_keys().chain);
+    Ok((Arc::new(backend), Arc::new(keyring)))
 }
 
 /// Records the start, with the keys it runs with; when those differ from

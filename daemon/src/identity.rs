@@ -1,6 +1,6 @@
 //! A site's keys on disk: generating the TLS key and certificate and the
-//! Ed25519 signing key for a new site, and writing them with owner-only
-//! permissions.
+//! Ed25519 signing key for a new site, writing them with owner-only
+//! permissions, and refusing key files others could read.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,6 +18,16 @@ pub enum IdentityError {
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is readable or writable by group or others (mode {mode:04o}); a private key must be readable by its owner only: run `chmod 600 {path}`"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("cannot read {path}: {source}")]
+    Stat {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -79,6 +89,27 @@ pub fn generate_signing_key(dir: &Path) -> Result<(PathBuf, PublicKey), Identity
     Ok((path, public))
 }
 
+/// Fails unless the private key file at `path` is accessible to its owner
+/// only (no group or other bits), so a key another account could have read
+/// is never used.
+pub fn check_owner_only(path: &Path) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| IdentityError::Stat {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::Permissions {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
 /// Writes a new file readable by its owner only; fails if it exists.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
     let write = || -> std::io::Result<()> {
@@ -125,6 +156,29 @@ mod tests {
         assert!(matches!(
             generate_signing_key(dir.path()),
             Err(IdentityError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn key_files_others_can_read_or_write_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = generate_signing_key(dir.path()).unwrap();
+        check_owner_only(&path).unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o602, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = check_owner_only(&path).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("chmod 600 {}", path.display())),
+                "{error}"
+            );
+            assert!(error.contains(&format!("{mode:04o}")), "{error}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        check_owner_only(&path).unwrap();
+        let missing = dir.path().join("missing.pem");
+        assert!(matches!(
+            check_owner_only(&missing),
+            Err(IdentityError::Stat { .. })
         ));
     }
 }

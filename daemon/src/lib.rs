@@ -4,23 +4,26 @@
 //! | step | file |
 //! |---|---|
 //! | a local system submits | [`api::submit`] (signed there, [`signing`]) |
-//! | the notice is persisted | [`store`] ([`store::sqlite`]) |
+//! | the notice is persisted | [`store`] ([`store::sqlite`]), its envelope encrypted by [`store::sealed`] |
 //! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`] |
 //! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
 //! | the peer receives it | [`receive`] |
 //! | it is routed to staff inboxes | [`routing`] |
-//! | its handling deadline passes | [`escalation`] (no I/O), in [`working_hours`] |
+//! | its handling deadline passes | [`escalation`] (no I/O; decided, not yet acted on), in [`working_hours`] |
 //! | it is read from the inbox | [`api::inbox`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
 //! turns the TOML file into typed settings; [`peers`] holds who we exchange
 //! with and applies trust changes while running; [`admin`] is what the
 //! `tvaers` CLI asks; [`metrics`] is what operators scrape; [`retention`]
-//! purges notice bodies once they are no longer needed.
+//! purges notice bodies once they are no longer needed; [`at_rest`] holds
+//! the keys of encryption at rest and [`identity`] the site's key files;
+//! [`audit`] is the tamper-evident audit log of everything above.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod api;
+pub mod at_rest;
 pub mod audit;
 pub mod batch;
 pub mod config;

@@ -1,5 +1,6 @@
 //! A harness that runs real `tvaersd` processes on loopback, each with its
-//! own directory, freshly generated keys, SQLite file and config, every
+//! own directory, freshly generated keys (TLS, signing, storage
+//! key-encryption key), encrypted SQLite file and config, every
 //! site pinning the others' certificates. The end-to-end tests and the demo
 //! (`tvaers-demo`) both use it.
 //!
@@ -107,6 +108,9 @@ impl Sites {
             let keys = tvaers_daemon::identity::generate(&dir.join("keys"), spec.org_id)?;
             let (_, signing_key) =
                 tvaers_daemon::identity::generate_signing_key(&dir.join("keys"))?;
+            tvaers_daemon::at_rest::generate_kek_file(
+                &dir.join("keys").join(tvaers_daemon::at_rest::KEK_FILE),
+            )?;
             sites.push(Site {
                 spec: *spec,
                 config: dir.join("tvaers.toml"),
@@ -339,6 +343,9 @@ signing_key = "keys/signing-key.pk8"
 
 [store]
 url = "sqlite://data/tvaers.db"
+
+[storage]
+key_file = "keys/storage.kek"
 
 [transport]
 listen = "127.0.0.1:{port}"

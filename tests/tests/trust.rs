@@ -5,6 +5,10 @@
 use std::time::Duration;
 
 use tvaers_client::{Client, DeliveryState, Submission, v1};
+use tvaers_daemon::at_rest::{Kek, KekSource, Keyring};
+use tvaers_daemon::store::Store;
+use tvaers_daemon::store::sealed;
+use tvaers_daemon::store::sqlite::SqliteStore;
 use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
 use tvaers_proto::validate::sample;
 
@@ -289,7 +293,7 @@ async fn a_peer_with_several_addresses_is_reached_on_the_one_that_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_rechecks_both_signatures_on_both_sides_and_finds_tampering() {
-    use sqlx::Connection;
+    use sqlx::{Connection, Row};
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
     sites.start_all().await.unwrap();
@@ -324,19 +328,34 @@ async fn verify_rechecks_both_signatures_on_both_sides_and_finds_tampering() {
         assert_eq!(verify(org).status.code(), Some(0));
     }
 
-    // Someone with access to the receiver's database file changes the
-    // stored envelope's last byte (inside the signature).
-    let db = sites.site(kommune).dir.join("data/tvaers.db");
+    // Someone with access to the receiver's database file and its storage
+    // key (encryption at rest stops anyone without it) changes the stored
+    // envelope's last byte (inside the signature) and seals it again.
+    let site = sites.site(kommune);
+    let db = site.dir.join("data/tvaers.db");
+    let store = SqliteStore::open(&db).await.unwrap();
+    let kek = Kek::load(&KekSource::File(site.dir.join("keys/storage.kek"))).unwrap();
+    let keyring = Keyring::open(&store, kek).await.unwrap();
+    store.close().await;
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    let changed = sqlx::query(
-        "UPDATE inbox SET envelope = substr(envelope, 1, length(envelope) - 1) \
-         || CASE WHEN substr(envelope, -1) = X'00' THEN X'01' ELSE X'00' END",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    let row = sqlx::query("SELECT cursor, sender, notice_id, envelope FROM inbox")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let (cursor, sender, notice_id): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+    let row_id = sealed::inbox_row(&sender, &notice_id);
+    let mut plain = keyring
+        .open_sealed(&row_id, &row.get::<Vec<u8>, _>(3))
+        .unwrap();
+    *plain.last_mut().unwrap() ^= 1;
+    let changed = sqlx::query("UPDATE inbox SET envelope = ? WHERE cursor = ?")
+        .bind(keyring.seal(&row_id, &plain).unwrap())
+        .bind(cursor)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(changed.rows_affected(), 1);
     conn.close().await.unwrap();
     let checks = sites

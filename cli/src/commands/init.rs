@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use tvaers_daemon::config::Sector;
-use tvaers_daemon::identity;
+use tvaers_daemon::{at_rest, identity};
 
 use crate::error::CliError;
 use crate::org_id;
@@ -58,6 +58,7 @@ pub fn run(args: InitArgs, out: Output) -> anyhow::Result<()> {
         keys_dir.join("tls-cert.pem"),
         keys_dir.join("tls-key.pem"),
         keys_dir.join(identity::SIGNING_KEY_FILE),
+        keys_dir.join(at_rest::KEK_FILE),
     ] {
         if path.exists() {
             return Err(anyhow::anyhow!(
@@ -71,6 +72,8 @@ pub fn run(args: InitArgs, out: Output) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let tls = identity::generate(&keys_dir, &args.org_id)?;
     let (signing_path, public) = identity::generate_signing_key(&keys_dir)?;
+    let kek_path = keys_dir.join(at_rest::KEK_FILE);
+    let kek_id = at_rest::generate_kek_file(&kek_path)?;
     let text = config_text(&args);
     // The config is not secret, but it names the keys; owner and group only.
     write_new(&config_path, text.as_bytes())?;
@@ -82,6 +85,8 @@ pub fn run(args: InitArgs, out: Output) -> anyhow::Result<()> {
         "certificate": tls.certificate,
         "private_key": tls.private_key,
         "signing_key": signing_path,
+        "storage_key_file": kek_path,
+        "storage_kek_id": kek_id,
         "tls_fingerprint": tls.fingerprint.to_string(),
         "signing_public_key": public.to_string(),
     });
@@ -93,6 +98,8 @@ pub fn run(args: InitArgs, out: Output) -> anyhow::Result<()> {
              \x20 TLS certificate: {cert}\n\
              \x20 TLS key:         {key} (mode 0600)\n\
              \x20 signing key:     {signing} (mode 0600)\n\
+             \x20 storage key:     {kek} (mode 0600, id {kek_id}): encrypts the stored notices;\n\
+             \x20                  back it up apart from the database, without it they cannot be read\n\
              \x20 TLS fingerprint: {fp}\n\
              \x20 signing key:     {public}\n\
              \n\
@@ -110,6 +117,7 @@ pub fn run(args: InitArgs, out: Output) -> anyhow::Result<()> {
             cert = tls.certificate.display(),
             key = tls.private_key.display(),
             signing = signing_path.display(),
+            kek = kek_path.display(),
             fp = tls.fingerprint,
             listen = args.listen,
         )
@@ -158,6 +166,15 @@ url = "sqlite://data/tvaers.db"
 # Or PostgreSQL (the daemon applies its schema on start):
 #   url = "postgres://tvaers@db.example:5432/tvaers"
 #   max_connections = 8   # pool size, PostgreSQL only
+
+[storage]
+# Notices are stored encrypted (AES-256-GCM) under a data key kept in the
+# store, wrapped by this key-encryption key: 64 hex digits, mode 0600.
+# Back it up apart from the database: without it the notices cannot be read.
+# Re-wrap under a new one with `tvaers keys rewrap --new-key-file FILE`.
+key_file = "keys/storage.kek"
+# Or take it from an environment variable instead:
+#   key_env = "TVAERS_STORAGE_KEK"
 
 [transport]
 # UDP address peers reach this site on (QUIC, ALPN tvaers/1).
@@ -220,5 +237,9 @@ mod tests {
         );
         assert!(config.peers.is_empty());
         assert_eq!(config.api.socket, PathBuf::from("/srv/site/run/api.sock"));
+        assert_eq!(
+            config.storage.unwrap().kek,
+            at_rest::KekSource::File(PathBuf::from("/srv/site/keys/storage.kek"))
+        );
     }
 }

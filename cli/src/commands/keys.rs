@@ -1,4 +1,4 @@
-//! `tvaers keys show | rotate-tls | activate-tls`.
+//! `tvaers keys show | rotate-tls | activate-tls | generate-kek | rewrap`.
 //!
 //! A TLS rotation has two phases so traffic never stops: `rotate-tls`
 //! makes a new certificate and a card that names it as current and the old
@@ -6,6 +6,11 @@
 //! serving the old one; once peers have added the new card,
 //! `activate-tls` switches the config to the new files, and the daemon
 //! presents them from its next start.
+//!
+//! The storage key-encryption key (KEK) wraps the data key that encrypts
+//! notices at rest. `generate-kek` writes a new one; `rewrap` has the
+//! running daemon wrap the data key under it, then points the config at it,
+//! after which the old KEK file can be destroyed.
 
 use std::path::{Path, PathBuf};
 
@@ -14,13 +19,14 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tvaers_daemon::Millis;
+use tvaers_daemon::at_rest::{self, Kek, KekSource};
 use tvaers_daemon::config::{Config, format_time, parse_time};
 use tvaers_daemon::identity;
 use tvaers_daemon::transport::tls::{Fingerprint, Identity};
 
 use crate::card;
 use crate::commands::card::{build, card_addresses, current_fingerprint, signing_key};
-use crate::commands::load_config;
+use crate::commands::{admin, load_config};
 use crate::error::CliError;
 use crate::output::{Output, grouped};
 use crate::site_config::SiteConfig;
@@ -56,6 +62,27 @@ pub enum KeysCommand {
     /// Switch the config to the certificate from `rotate-tls` (phase 2 of
     /// 2). The daemon uses it from its next start: restart tvaersd.
     ActivateTls,
+    /// Write a new storage key-encryption key (64 hex digits, mode 0600) to
+    /// PATH; never overwrites. Use it with `tvaers keys rewrap`.
+    GenerateKek {
+        /// Where to write it, e.g. keys/storage-2026.kek.
+        path: PathBuf,
+    },
+    /// Re-wrap the store's data key under a new key-encryption key.
+    ///
+    /// The running daemon unwraps the data key with its current KEK and
+    /// stores it wrapped under the new one (notices are not rewritten);
+    /// then the config's `[storage] key_file` is pointed at the new file.
+    /// Afterwards the old KEK no longer opens the store and can be
+    /// destroyed. The daemon must be running.
+    Rewrap {
+        /// The new KEK file (from `tvaers keys generate-kek`), mode 0600.
+        #[arg(long)]
+        new_key_file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// A staged or activated rotation.
@@ -134,7 +161,10 @@ pub fn not_after_ms(identity: &Identity) -> anyhow::Result<Millis> {
         .ok_or_else(|| anyhow::anyhow!("cannot read the TLS certificate's expiry"))
 }
 
-pub fn run(command: KeysCommand, config_path: &Path, out: Output) -> anyhow::Result<()> {
+pub async fn run(command: KeysCommand, config_path: &Path, out: Output) -> anyhow::Result<()> {
+    if let KeysCommand::GenerateKek { path } = &command {
+        return generate_kek(path, out);
+    }
     let config = load_config(config_path)?;
     match command {
         KeysCommand::Show => show(&config, out),
@@ -144,7 +174,108 @@ pub fn run(command: KeysCommand, config_path: &Path, out: Output) -> anyhow::Res
             addresses,
         } => rotate(&config, overlap_days, card_out, addresses, out),
         KeysCommand::ActivateTls => activate(&config, out),
+        KeysCommand::Rewrap { new_key_file, yes } => rewrap(&config, &new_key_file, yes, out).await,
+        KeysCommand::GenerateKek { path } => generate_kek(&path, out),
     }
+}
+
+fn generate_kek(path: &Path, out: Output) -> anyhow::Result<()> {
+    let kek_id = at_rest::generate_kek_file(path)?;
+    let value = json!({ "key_file": path, "kek_id": kek_id });
+    out.emit(&value, || {
+        format!(
+            "New storage key-encryption key: {} (id {kek_id}, mode 0600)\n\
+             Keep a copy apart from the database backups: without it the stored notices cannot \
+             be read.\nTo use it for a running site: tvaers keys rewrap --new-key-file {}",
+            path.display(),
+            path.display()
+        )
+    });
+    Ok(())
+}
+
+async fn rewrap(
+    config: &Config,
+    new_key_file: &Path,
+    yes: bool,
+    out: Output,
+) -> anyhow::Result<()> {
+    let Some(storage) = &config.storage else {
+        return Err(CliError::invalid(format!(
+            "{} has no [storage] section: the daemon cannot have started without one; add \
+             `[storage] key_file = ...` naming the key it was set up with",
+            config.path.display()
+        )));
+    };
+    // The daemon reads the file itself, from its own working directory.
+    let new_key_file = std::fs::canonicalize(new_key_file)
+        .with_context(|| format!("cannot find {}", new_key_file.display()))?;
+    let new = Kek::load(&KekSource::File(new_key_file.clone()))
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    // Check the config edit before the daemon changes anything.
+    let mut site = SiteConfig::load(&config.path)?;
+    site.set_storage_key_file(&new_key_file);
+    site.check()?;
+    if !yes {
+        crate::commands::confirm(
+            &format!(
+                "Wrap the store's data key under {} (id {}) and point {} at it? The current \
+                 key-encryption key ({}) will no longer open the store.",
+                new_key_file.display(),
+                new.id(),
+                config.path.display(),
+                storage.kek
+            ),
+            "check the new key file is backed up",
+            "not re-wrapped: nothing was changed",
+        )?;
+    }
+    let reply = admin(config).await?.rewrap_store_key(&new_key_file).await?;
+    site.save().map_err(|e| {
+        anyhow::anyhow!(
+            "the data key is now wrapped under {} (id {}), but the config could not be updated \
+             ({e}): set `[storage] key_file = \"{}\"` in {} by hand before the daemon restarts",
+            new_key_file.display(),
+            reply.new_kek_id,
+            new_key_file.display(),
+            config.path.display()
+        )
+    })?;
+    let old_file = match &storage.kek {
+        KekSource::File(path) => Some(path.clone()),
+        KekSource::Env(_) => None,
+    };
+    let value = json!({
+        "old_kek_id": reply.old_kek_id,
+        "new_kek_id": reply.new_kek_id,
+        "key_file": new_key_file,
+        "old_key_file": old_file,
+        "restart_required": false,
+    });
+    out.emit(&value, || {
+        let old = match &old_file {
+            Some(path) => format!(
+                "The old key-encryption key file {} can now be destroyed (e.g. `shred -u {}`), \
+                 with any copies of it.",
+                path.display(),
+                path.display()
+            ),
+            None => format!(
+                "The old key-encryption key ({}) can now be destroyed wherever it is kept.",
+                storage.kek
+            ),
+        };
+        format!(
+            "The store's data key is now wrapped under {} (id {}; was {}).\n\
+             {} names it; the running daemon keeps working and uses it from its next start.\n\
+             {old}\nInstances sharing this database need the new key file in their configs too.",
+            new_key_file.display(),
+            reply.new_kek_id,
+            reply.old_kek_id,
+            config.path.display(),
+        )
+    });
+    Ok(())
 }
 
 fn show(config: &Config, out: Output) -> anyhow::Result<()> {
@@ -155,11 +286,22 @@ fn show(config: &Config, out: Output) -> anyhow::Result<()> {
     let public = signing_key(config)?.public_key();
     let rotation = rotation(config)?;
     let days_left = (not_after - tvaers_daemon::now_ms()) / DAY_MS;
+    // The id only, never the key; a key the CLI cannot read (an environment
+    // variable set only for the daemon) is not an error here.
+    let storage = config.storage.as_ref().map(|storage| {
+        let id = Kek::load(&storage.kek).map(|kek| kek.id().to_owned());
+        (storage.kek.to_string(), id)
+    });
     let value = json!({
         "certificate": config.transport.certificate,
         "tls_fingerprint": fingerprint.to_string(),
         "certificate_not_after": format_time(not_after),
         "signing_key": public.to_string(),
+        "storage_key": storage.as_ref().map(|(source, id)| json!({
+            "source": source,
+            "kek_id": id.as_ref().ok(),
+            "error": id.as_ref().err().map(ToString::to_string),
+        })),
         "rotation": rotation.as_ref().map(|r| json!({
             "new_certificate": r.new_certificate,
             "new_fingerprint": r.new_fingerprint.to_string(),
@@ -179,6 +321,19 @@ fn show(config: &Config, out: Output) -> anyhow::Result<()> {
             public,
             grouped(&public.to_string()),
         );
+        match &storage {
+            Some((source, Ok(id))) => {
+                text.push_str(&format!("storage key:     {source} (id {id})\n"));
+            }
+            Some((source, Err(error))) => {
+                text.push_str(&format!(
+                    "storage key:     {source} (cannot read it: {error})\n"
+                ));
+            }
+            None => text.push_str(
+                "storage key:     none: add [storage] key_file (see `tvaers keys generate-kek`)\n",
+            ),
+        }
         if days_left < 30 {
             text.push_str(
                 "warning: the certificate expires within 30 days: run `tvaers keys rotate-tls`\n",

@@ -57,6 +57,27 @@ pub async fn local(config: &Config) -> anyhow::Result<tvaers_client::Client> {
         })
 }
 
+/// Asks `question` y/N on the terminal. Without a terminal it refuses and
+/// says to `first_do` and pass --yes; a "no" is refused with `declined`.
+pub fn confirm(question: &str, first_do: &str, declined: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(CliError::invalid(format!(
+            "not asking for confirmation without a terminal: {first_do}, then run again with --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(CliError::refused(declined.to_owned()))
+    }
+}
+
 /// Now, as RFC 3339.
 pub fn now_text() -> String {
     tvaers_daemon::config::format_time(tvaers_daemon::now_ms())

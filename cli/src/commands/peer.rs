@@ -5,7 +5,6 @@
 //! to reload them, so nothing needs a restart and nothing is lost if the
 //! daemon is down.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -257,24 +256,11 @@ fn decide(
 
 /// Asks y/N on the terminal; refuses without one.
 fn confirm(org: &str) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(CliError::invalid(
-            "not asking for confirmation without a terminal: compare the fingerprints with \
-             the peer first, then run again with --yes",
-        ));
-    }
-    eprint!("Do both match what {org} reads to you? [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-        Ok(())
-    } else {
-        Err(CliError::refused(format!(
-            "not added: {org} was not confirmed. Nothing was changed"
-        )))
-    }
+    crate::commands::confirm(
+        &format!("Do both match what {org} reads to you?"),
+        "compare the fingerprints with the peer first",
+        &format!("not added: {org} was not confirmed. Nothing was changed"),
+    )
 }
 
 /// The outcome of asking the daemon to reload its peers.

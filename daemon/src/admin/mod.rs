@@ -5,8 +5,9 @@
 //! One file per concern: [`status`], [`reload`] (peers from the config file,
 //! applied without a restart), [`outbox`] (list, retry, cancel), [`verify`]
 //! (a notice's signatures), [`audit`] (the audit log), [`purge`] (retention
-//! on demand). Every call that changes something leaves an audit entry
-//! naming the operator's Unix user.
+//! on demand), [`rewrap`] (the data key under a new key-encryption key).
+//! Every call that changes something leaves an audit entry naming the
+//! operator's Unix user.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 use tvaers_proto::v1;
 use tvaers_proto::v1::admin_api_server::{AdminApi, AdminApiServer};
 
+use crate::at_rest::Keyring;
 use crate::audit::AuditKeys;
 use crate::config::{RetentionConfig, Site};
 use crate::peers::PeerSet;
@@ -27,6 +29,7 @@ pub mod audit;
 pub mod outbox;
 pub mod purge;
 pub mod reload;
+pub mod rewrap;
 pub mod status;
 pub mod verify;
 
@@ -50,6 +53,8 @@ pub struct AdminState {
     pub audit_keys: AuditKeys,
     /// For `Purge`: the same setting the hourly purge uses.
     pub retention: RetentionConfig,
+    /// The store's data key, for `RewrapStoreKey`.
+    pub keyring: Arc<Keyring>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +124,15 @@ impl AdminApi for AdminService {
         request: Request<v1::PurgeRequest>,
     ) -> Result<Response<v1::PurgeResponse>, Status> {
         purge::purge(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rewrap_store_key(
+        &self,
+        request: Request<v1::RewrapStoreKeyRequest>,
+    ) -> Result<Response<v1::RewrapStoreKeyResponse>, Status> {
+        rewrap::rewrap_store_key(&self.state, request.into_inner())
             .await
             .map(Response::new)
     }

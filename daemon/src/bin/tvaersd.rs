@@ -33,7 +33,9 @@ enum Command {
     /// Check the config file and print this site's TLS fingerprint, the
     /// value peers pin.
     Check,
-    /// Generate a TLS key and certificate for a new site into DIR.
+    /// Generate a new site's keys into DIR: TLS key and certificate, the
+    /// Ed25519 signing key and the storage key-encryption key (all mode
+    /// 0600; an existing file is never overwritten).
     GenerateKeys {
         #[arg(long)]
         org_id: String,
@@ -53,16 +55,29 @@ fn main() -> ExitCode {
     init_logging(args.log_format);
     match args.command.unwrap_or(Command::Run) {
         Command::GenerateKeys { org_id, dir } => {
-            let generated = tvaers_daemon::identity::generate(&dir, &org_id).and_then(|keys| {
-                tvaers_daemon::identity::generate_signing_key(&dir).map(|signing| (keys, signing))
-            });
+            let kek_path = dir.join(tvaers_daemon::at_rest::KEK_FILE);
+            let generated = tvaers_daemon::identity::generate(&dir, &org_id)
+                .and_then(|keys| {
+                    tvaers_daemon::identity::generate_signing_key(&dir)
+                        .map(|signing| (keys, signing))
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|(keys, signing)| {
+                    tvaers_daemon::at_rest::generate_kek_file(&kek_path)
+                        .map(|kek_id| (keys, signing, kek_id))
+                        .map_err(|e| e.to_string())
+                });
             match generated {
-                Ok((keys, (signing_path, signing_key))) => {
+                Ok((keys, (signing_path, signing_key), kek_id)) => {
                     println!("certificate: {}", keys.certificate.display());
                     println!("private key: {}", keys.private_key.display());
                     println!("fingerprint: {}", keys.fingerprint);
                     println!("signing key: {}", signing_path.display());
                     println!("signing public key: {signing_key}");
+                    println!(
+                        "storage key-encryption key: {} (id {kek_id}; name it in [storage] key_file, and back it up apart from the database: without it the stored notices cannot be read)",
+                        kek_path.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
@@ -72,26 +87,45 @@ fn main() -> ExitCode {
             }
         }
         Command::Check => with_config(args.config, |config| {
+            tvaers_daemon::daemon::check_key_files(&config).map_err(Failure::Config)?;
+            let kek = match &config.storage {
+                Some(storage) => tvaers_daemon::at_rest::Kek::load(&storage.kek)
+                    .map_err(|e| Failure::Config(e.into()))?,
+                None => {
+                    return Err(Failure::Config(
+                        tvaers_daemon::daemon::DaemonError::NoStorageKey,
+                    ));
+                }
+            };
             let identity = tvaers_daemon::transport::tls::Identity::load(
                 &config.transport.certificate,
                 &config.transport.private_key,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
             println!("config ok: {}", config.path.display());
             println!(
                 "organisation: {} ({})",
                 config.site.org_id, config.site.name
             );
             println!("fingerprint: {}", identity.fingerprint());
+            println!("storage key-encryption key: {}", kek.id());
             Ok(())
         }),
         Command::Run => with_config(args.config, run),
     }
 }
 
+/// Why a command failed, which sets the exit code.
+enum Failure {
+    /// Exit 2: the configuration (or a key file it names) is at fault.
+    Config(tvaers_daemon::daemon::DaemonError),
+    /// Exit 1.
+    Runtime(String),
+}
+
 fn with_config(
     path: Option<PathBuf>,
-    action: impl FnOnce(Config) -> Result<(), String>,
+    action: impl FnOnce(Config) -> Result<(), Failure>,
 ) -> ExitCode {
     let Some(path) = path else {
         eprintln!("error: no config file given: pass --config FILE (examples in config/)");
@@ -106,18 +140,22 @@ fn with_config(
     };
     match action(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(Failure::Config(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
             eprintln!("error: {error}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(config: Config) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -128,7 +166,13 @@ fn run(config: Config) -> Result<(), String> {
         });
         tvaers_daemon::daemon::run(config, shutdown, None)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|error| {
+                if error.is_configuration() {
+                    Failure::Config(error)
+                } else {
+                    Failure::Runtime(error.to_string())
+                }
+            })
     })
 }
 

@@ -681,7 +681,7 @@ mod tests {
     use super::*;
     use crate::store::{
         AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-        OutboxFilter, OutboxItem, PurgeReport, StoreCounts, SubmitOutcome,
+        OutboxFilter, OutboxItem, PurgeReport, StoreCounts, StoredKey, SubmitOutcome,
     };
     use crate::transport::endpoint::EndpointSettings;
     use crate::transport::tls::{Identity, TrustStore};
@@ -802,6 +802,21 @@ mod tests {
             _: Millis,
             _: bool,
         ) -> Result<PurgeReport, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+
+        async fn load_store_key(&self, _: &str) -> Result<Option<StoredKey>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn create_store_key(&self, _: &str, _: StoredKey) -> Result<StoredKey, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn replace_store_key(
+            &self,
+            _: &str,
+            _: &StoredKey,
+            _: StoredKey,
+        ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}

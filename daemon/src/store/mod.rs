@@ -7,12 +7,14 @@
 //! one transaction, so concurrent callers share one fsync (see
 //! [`crate::batch`]). Backends: [`sqlite`] (the embedded default) and
 //! [`postgres`] (for sites that run a PostgreSQL server). Each one passes the
-//! shared suite in [`suite`].
+//! shared suite in [`suite`]. The daemon wraps its backend in [`sealed`], so
+//! envelopes are encrypted before they reach either backend.
 
 use crate::Millis;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
 
 pub mod postgres;
+pub mod sealed;
 mod sql;
 pub mod sqlite;
 #[cfg(test)]
@@ -43,6 +45,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store has no audit chain key: it cannot record the audit entry a write needs")]
     NoAuditKey,
+    #[error("cannot encrypt an envelope for storage: the system's random source failed")]
+    Encrypt,
 }
 
 /// Delivery state of one (notice, recipient) row of the outbox.
@@ -276,6 +280,29 @@ pub struct OpenOutbox {
     pub oldest_created_at_ms: Millis,
 }
 
+/// A key kept in the store, wrapped (encrypted) under a key-encryption key
+/// that is not (see [`crate::at_rest`]). `Debug` shows the KEK id, not the
+/// wrapped bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub wrapped: Vec<u8>,
+    /// Which key-encryption key wrapped it (a short digest, not secret).
+    pub kek_id: String,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("wrapped_len", &self.wrapped.len())
+            .field("kek_id", &self.kek_id)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("updated_at_ms", &self.updated_at_ms)
+            .finish()
+    }
+}
+
 /// Durable storage for one organisation. Every write is committed (and, on
 /// SQLite, fsynced) before the method returns.
 ///
@@ -384,6 +411,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Commits a small write (for the readiness probe): fails when the
     /// store cannot take writes (locked, read-only, disk full, a standby).
     async fn probe_write(&self, now_ms: Millis) -> Result<(), StoreError>;
+
+    /// The key stored under `name`, if any.
+    async fn load_store_key(&self, name: &str) -> Result<Option<StoredKey>, StoreError>;
+
+    /// Stores `key` under `name` unless a key is stored there already, and
+    /// returns the key stored there now: of two instances racing to create
+    /// a key, both get the one written first.
+    async fn create_store_key(&self, name: &str, key: StoredKey) -> Result<StoredKey, StoreError>;
+
+    /// Replaces the key under `name` with `new` if it is still `expected`
+    /// (wrapped bytes and KEK id); false when it was not.
+    async fn replace_store_key(
+        &self,
+        name: &str,
+        expected: &StoredKey,
+        new: StoredKey,
+    ) -> Result<bool, StoreError>;
 
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);

@@ -381,6 +381,30 @@ mod tests {
         store.close().await;
     }
 
+    /// Two instances sharing one database that start at the same moment
+    /// end with one data key: what one seals, the other opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_starting_together_agree_on_one_data_key() {
+        use crate::at_rest::{Kek, KekSource, Keyring, generate_kek_file};
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let kek_path = dir.path().join("storage.kek");
+        generate_kek_file(&kek_path).expect("kek");
+        let load = || Kek::load(&KekSource::File(kek_path.clone())).expect("load kek");
+        let (a, b) = (schema.open().await, schema.open().await);
+        let (first, second) = tokio::join!(Keyring::open(&a, load()), Keyring::open(&b, load()));
+        let (first, second) = (first.expect("first"), second.expect("second"));
+        let sealed = first.seal(&[b"row"], b"body").expect("seal");
+        assert_eq!(
+            second.open_sealed(&[b"row"], &sealed).as_deref(),
+            Some(&b"body"[..])
+        );
+        a.close().await;
+        b.close().await;
+    }
+
     #[test]
     fn locations_never_show_the_password() {
         let options = PgConnectOptions::from_str("postgres://tvaers:s3cret@db.example:6543/tvaers")

@@ -80,7 +80,7 @@ macro_rules! sql_store {
             };
             use $crate::store::{
                 AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
-                OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, SubmitOutcome,
+                OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
             };
 
             /// Columns [`outbox_item`] reads, in its order.
@@ -1332,6 +1332,83 @@ macro_rules! sql_store {
                         inbox_total: parse_count("inbox", row.try_get(3).map_err(error)?)?,
                         inbox_unacked: parse_count("unacked", row.try_get(4).map_err(error)?)?,
                     })
+                }
+
+                async fn load_store_key(&self, name: &str) -> Result<Option<StoredKey>, StoreError> {
+                    const OP: &str = "load_store_key";
+                    let error = query_error(OP);
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT wrapped, kek_id, created_at_ms, updated_at_ms FROM store_keys WHERE name = ",
+                    );
+                    query.push_bind(name);
+                    let Some(row) = query.build().fetch_optional(&self.pool).await.map_err(error)? else {
+                        return Ok(None);
+                    };
+                    Ok(Some(StoredKey {
+                        wrapped: row.try_get(0).map_err(error)?,
+                        kek_id: row.try_get(1).map_err(error)?,
+                        created_at_ms: row.try_get(2).map_err(error)?,
+                        updated_at_ms: row.try_get(3).map_err(error)?,
+                    }))
+                }
+
+                async fn create_store_key(&self, name: &str, key: StoredKey) -> Result<StoredKey, StoreError> {
+                    const OP: &str = "create_store_key";
+                    let error = query_error(OP);
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new(
+                        "INSERT INTO store_keys (name, wrapped, kek_id, created_at_ms, updated_at_ms) VALUES (",
+                    );
+                    let mut values = query.separated(", ");
+                    values
+                        .push_bind(name)
+                        .push_bind(key.wrapped)
+                        .push_bind(key.kek_id)
+                        .push_bind(key.created_at_ms)
+                        .push_bind(key.updated_at_ms);
+                    query.push(") ON CONFLICT (name) DO NOTHING");
+                    query.build().execute(&mut *tx).await.map_err(error)?;
+                    // The winner's row, ours or one committed before: under
+                    // READ COMMITTED the conflicting insert waited for it.
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT wrapped, kek_id, created_at_ms, updated_at_ms FROM store_keys WHERE name = ",
+                    );
+                    query.push_bind(name);
+                    let row = query.build().fetch_one(&mut *tx).await.map_err(error)?;
+                    let stored = StoredKey {
+                        wrapped: row.try_get(0).map_err(error)?,
+                        kek_id: row.try_get(1).map_err(error)?,
+                        created_at_ms: row.try_get(2).map_err(error)?,
+                        updated_at_ms: row.try_get(3).map_err(error)?,
+                    };
+                    tx.commit().await.map_err(error)?;
+                    Ok(stored)
+                }
+
+                async fn replace_store_key(
+                    &self,
+                    name: &str,
+                    expected: &StoredKey,
+                    new: StoredKey,
+                ) -> Result<bool, StoreError> {
+                    const OP: &str = "replace_store_key";
+                    let error = query_error(OP);
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new("UPDATE store_keys SET wrapped = ");
+                    query.push_bind(new.wrapped);
+                    query.push(", kek_id = ");
+                    query.push_bind(new.kek_id);
+                    query.push(", updated_at_ms = ");
+                    query.push_bind(new.updated_at_ms);
+                    query.push(" WHERE name = ");
+                    query.push_bind(name);
+                    query.push(" AND wrapped = ");
+                    query.push_bind(expected.wrapped.as_slice());
+                    query.push(" AND kek_id = ");
+                    query.push_bind(expected.kek_id.as_str());
+                    let result = query.build().execute(&mut *tx).await.map_err(error)?;
+                    tx.commit().await.map_err(error)?;
+                    Ok(result.rows_affected() == 1)
                 }
 
                 async fn close(&self) {

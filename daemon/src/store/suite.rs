@@ -18,7 +18,7 @@
 
 use super::{
     IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxItem, OutboxState,
-    OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, SubmitOutcome,
+    OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
 };
 use crate::Millis;
 use crate::audit::{
@@ -1614,6 +1614,108 @@ pub(crate) async fn purge_bodies_empties_finished_and_acknowledged_bodies_only(s
     assert_eq!(unacked[0].envelope, incoming_envelope("org-x", "in-3"));
 }
 
+fn stored_key(wrapped: &[u8], kek_id: &str, at_ms: Millis) -> StoredKey {
+    StoredKey {
+        wrapped: wrapped.to_vec(),
+        kek_id: kek_id.to_owned(),
+        created_at_ms: at_ms,
+        updated_at_ms: at_ms,
+    }
+}
+
+// The names differ from the daemon's own ("data"), which a sealed store
+// holds from the start.
+
+/// A store key is created once: a second create (another instance racing
+/// at first start) gets the first one back and changes nothing.
+pub(crate) async fn store_keys_are_created_once(store: &dyn Store) {
+    assert_eq!(store.load_store_key("suite-key").await.unwrap(), None);
+    let first = stored_key(b"wrapped-1\x00\xff", "kek-a", 1_000);
+    assert_eq!(
+        store
+            .create_store_key("suite-key", first.clone())
+            .await
+            .unwrap(),
+        first
+    );
+    let second = stored_key(b"wrapped-2", "kek-b", 2_000);
+    assert_eq!(
+        store.create_store_key("suite-key", second).await.unwrap(),
+        first
+    );
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
+        Some(first.clone())
+    );
+    // Names are independent.
+    let other = stored_key(b"other", "kek-a", 3_000);
+    assert_eq!(
+        store
+            .create_store_key("other", other.clone())
+            .await
+            .unwrap(),
+        other
+    );
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
+        Some(first)
+    );
+}
+
+/// Replacing a store key is a compare-and-set on its wrapped bytes and KEK
+/// id: a stale expectation changes nothing.
+pub(crate) async fn replace_store_key_is_compare_and_set(store: &dyn Store) {
+    let missing = stored_key(b"w", "kek-a", 1_000);
+    assert!(
+        !store
+            .replace_store_key("suite-key", &missing, missing.clone())
+            .await
+            .unwrap()
+    );
+    let original = stored_key(b"wrapped-a", "kek-a", 1_000);
+    store
+        .create_store_key("suite-key", original.clone())
+        .await
+        .unwrap();
+    let rewrapped = StoredKey {
+        updated_at_ms: 5_000,
+        ..stored_key(b"wrapped-b", "kek-b", 1_000)
+    };
+    assert!(
+        store
+            .replace_store_key("suite-key", &original, rewrapped.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
+        Some(rewrapped.clone())
+    );
+    // The original is gone: replacing it again fails, as does an
+    // expectation with the right bytes but another KEK id.
+    let third = stored_key(b"wrapped-c", "kek-c", 6_000);
+    assert!(
+        !store
+            .replace_store_key("suite-key", &original, third.clone())
+            .await
+            .unwrap()
+    );
+    let wrong_id = StoredKey {
+        kek_id: "kek-x".to_owned(),
+        ..rewrapped.clone()
+    };
+    assert!(
+        !store
+            .replace_store_key("suite-key", &wrong_id, third)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.load_store_key("suite-key").await.unwrap(),
+        Some(rewrapped)
+    );
+}
+
 pub(crate) trait Fresh {
     type Guard;
     type Store;
@@ -1669,6 +1771,8 @@ macro_rules! store_suite {
             a_rolled_back_write_leaves_no_audit_entry,
             team_inboxes_place_items_and_keep_the_first_reader_and_handler,
             purge_bodies_empties_finished_and_acknowledged_bodies_only,
+            store_keys_are_created_once,
+            replace_store_key_is_compare_and_set,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -1,0 +1,380 @@
+//! Encryption at rest for every backend: [`SealedStore`] wraps any
+//! [`Store`] and encrypts each envelope (it carries the CPR number and the
+//! health details) with the data key of a [`Keyring`] before the backend
+//! sees it, and decrypts it on the way out. Everything else passes through
+//! unchanged: ids, states, times and receipts (a receipt names the notice,
+//! never the citizen) stay readable for queries and operators.
+//!
+//! Each ciphertext is bound to its row: `outbox` + notice id + recipient,
+//! or `inbox` + sender + notice id. A ciphertext copied into another row
+//! does not decrypt, and that is reported as [`StoreError::Corrupt`] naming
+//! the row by its ids only. The handling record of a team-inbox placement
+//! (the handler's contact and a free-text note, which may mention health
+//! details) is sealed the same way, bound to `handling` + cursor + inbox. A
+//! body retention purged (`purged_at_ms` set, bytes empty) stays empty.
+
+use std::sync::Arc;
+
+use crate::Millis;
+use crate::at_rest::Keyring;
+use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
+
+use super::{
+    AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
+    OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey,
+    SubmitOutcome,
+};
+
+/// A [`Store`] whose envelopes are encrypted at rest.
+#[derive(Debug)]
+pub struct SealedStore {
+    inner: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+}
+
+impl SealedStore {
+    pub fn new(inner: Arc<dyn Store>, keyring: Arc<Keyring>) -> SealedStore {
+        SealedStore { inner, keyring }
+    }
+
+    fn seal(&self, row: &[&[u8]], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.keyring
+            .seal(row, plain)
+            .map_err(|_| StoreError::Encrypt)
+    }
+
+    fn open_outbox(&self, mut item: OutboxItem) -> Result<OutboxItem, StoreError> {
+        if item.purged_at_ms.is_some() {
+            return Ok(item);
+        }
+        item.envelope = self
+            .keyring
+            .open_sealed(
+                &outbox_row(&item.notice_id, &item.recipient),
+                &item.envelope,
+            )
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the envelope of outbox row {} (notice {} to {}) does not decrypt under the data key",
+                    item.seq, item.notice_id, item.recipient
+                ))
+            })?;
+        Ok(item)
+    }
+
+    fn open_inbox(&self, mut record: InboxRecord) -> Result<InboxRecord, StoreError> {
+        for placement in &mut record.placements {
+            if let Some(sealed) = &placement.handling {
+                let cursor = record.cursor.to_be_bytes();
+                let row = handling_row(&cursor, &placement.inbox);
+                placement.handling = Some(self.keyring.open_sealed(&row, sealed).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "the handling record of inbox item {} in {} does not decrypt under the data key",
+                        record.cursor, placement.inbox
+                    ))
+                })?);
+            }
+        }
+        if record.purged_at_ms.is_some() {
+            return Ok(record);
+        }
+        record.envelope = self
+            .keyring
+            .open_sealed(
+                &inbox_row(&record.sender, &record.notice_id),
+                &record.envelope,
+            )
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the envelope of inbox item {} (notice {} from {}) does not decrypt under the data key",
+                    record.cursor, record.notice_id, record.sender
+                ))
+            })?;
+        Ok(record)
+    }
+}
+
+/// What an outbox row's envelope is bound to (its additional data).
+pub fn outbox_row<'a>(notice_id: &'a str, recipient: &'a str) -> [&'a [u8]; 3] {
+    [b"outbox", notice_id.as_bytes(), recipient.as_bytes()]
+}
+
+/// What a placement's handling record is bound to (its additional data).
+pub fn handling_row<'a>(cursor: &'a [u8; 8], inbox: &'a str) -> [&'a [u8]; 3] {
+    [b"handling", cursor, inbox.as_bytes()]
+}
+
+/// What an inbox item's envelope is bound to (its additional data).
+pub fn inbox_row<'a>(sender: &'a str, notice_id: &'a str) -> [&'a [u8]; 3] {
+    [b"inbox", sender.as_bytes(), notice_id.as_bytes()]
+}
+
+#[async_trait::async_trait]
+impl Store for SealedStore {
+    async fn submit(&self, mut batch: Vec<NewNotice>) -> Result<Vec<SubmitOutcome>, StoreError> {
+        for notice in &mut batch {
+            for item in &mut notice.recipients {
+                item.envelope = self.seal(
+                    &outbox_row(&notice.notice_id, &item.recipient),
+                    &item.envelope,
+                )?;
+            }
+        }
+        self.inner.submit(batch).await
+    }
+
+    async fn undelivered(&self, recipient: &str) -> Result<Vec<OutboxItem>, StoreError> {
+        let items = self.inner.undelivered(recipient).await?;
+        items
+            .into_iter()
+            .map(|item| self.open_outbox(item))
+            .collect()
+    }
+
+    async fn list_outbox(&self, filter: OutboxFilter) -> Result<Vec<OutboxItem>, StoreError> {
+        let items = self.inner.list_outbox(filter).await?;
+        items
+            .into_iter()
+            .map(|item| self.open_outbox(item))
+            .collect()
+    }
+
+    async fn accept_inbox(
+        &self,
+        mut batch: Vec<IncomingNotice>,
+    ) -> Result<Vec<AcceptOutcome>, StoreError> {
+        for notice in &mut batch {
+            notice.envelope = self.seal(
+                &inbox_row(&notice.sender, &notice.notice_id),
+                &notice.envelope,
+            )?;
+        }
+        self.inner.accept_inbox(batch).await
+    }
+
+    async fn inbox_after(
+        &self,
+        after_cursor: u64,
+        limit: u32,
+        unacked_only: bool,
+        inbox: Option<&str>,
+    ) -> Result<Vec<InboxRecord>, StoreError> {
+        let records = self
+            .inner
+            .inbox_after(after_cursor, limit, unacked_only, inbox)
+            .await?;
+        records
+            .into_iter()
+            .map(|record| self.open_inbox(record))
+            .collect()
+    }
+
+    async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
+        let records = self.inner.inbox_by_notice(notice_id).await?;
+        records
+            .into_iter()
+            .map(|record| self.open_inbox(record))
+            .collect()
+    }
+
+    async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {
+        self.inner.outbox_open().await
+    }
+
+    async fn reopen_outbox(&self, seqs: Vec<i64>, now_ms: Millis) -> Result<u64, StoreError> {
+        self.inner.reopen_outbox(seqs, now_ms).await
+    }
+
+    async fn update_outbox(&self, updates: Vec<OutboxUpdate>) -> Result<(), StoreError> {
+        self.inner.update_outbox(updates).await
+    }
+
+    async fn delivery(&self, notice_id: &str) -> Result<Option<NoticeDelivery>, StoreError> {
+        self.inner.delivery(notice_id).await
+    }
+
+    async fn mark_handled(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        mut handled: Handled,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let cursor_bytes = cursor.to_be_bytes();
+        handled.handling = self.seal(&handling_row(&cursor_bytes, inbox), &handled.handling)?;
+        self.inner.mark_handled(cursor, inbox, handled, actor).await
+    }
+
+    // ---- pass-through: nothing below carries an envelope ----------------
+
+    async fn ack_inbox(&self, cursor: u64, at_ms: Millis, actor: &str) -> Result<bool, StoreError> {
+        self.inner.ack_inbox(cursor, at_ms, actor).await
+    }
+
+    async fn mark_read(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        reader: &str,
+        at_ms: Millis,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .mark_read(cursor, inbox, reader, at_ms, actor)
+            .await
+    }
+
+    async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.inner.record_audit(events).await
+    }
+
+    async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit_entries(query).await
+    }
+
+    async fn purge_bodies(
+        &self,
+        cutoff_ms: Millis,
+        now_ms: Millis,
+        dry_run: bool,
+    ) -> Result<PurgeReport, StoreError> {
+        self.inner.purge_bodies(cutoff_ms, now_ms, dry_run).await
+    }
+
+    async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.inner.counts().await
+    }
+
+    async fn probe_write(&self, now_ms: Millis) -> Result<(), StoreError> {
+        self.inner.probe_write(now_ms).await
+    }
+
+    async fn load_store_key(&self, name: &str) -> Result<Option<StoredKey>, StoreError> {
+        self.inner.load_store_key(name).await
+    }
+
+    async fn create_store_key(&self, name: &str, key: StoredKey) -> Result<StoredKey, StoreError> {
+        self.inner.create_store_key(name, key).await
+    }
+
+    async fn replace_store_key(
+        &self,
+        name: &str,
+        expected: &StoredKey,
+        new: StoredKey,
+    ) -> Result<bool, StoreError> {
+        self.inner.replace_store_key(name, expected, new).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use sqlx::Row;
+
+    use super::*;
+    use crate::at_rest::{Kek, KekSource, generate_kek_file};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::suite::{self, store_suite};
+
+    /// A sealed SQLite store in a temporary directory, and its inner store
+    /// to look at what is really written.
+    async fn sealed() -> (tempfile::TempDir, SealedStore, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(SqliteStore::open_for_test(&dir.path().join("s.db")).await);
+        let kek_path = dir.path().join("k.kek");
+        generate_kek_file(&kek_path).unwrap();
+        let kek = Kek::load(&KekSource::File(kek_path)).unwrap();
+        let keyring = Arc::new(Keyring::open(inner.as_ref(), kek).await.unwrap());
+        let store = SealedStore::new(inner.clone(), keyring);
+        (dir, store, inner)
+    }
+
+    async fn fresh() -> (tempfile::TempDir, SealedStore) {
+        let (dir, store, _) = sealed().await;
+        (dir, store)
+    }
+
+    // The wrapper must not change any behaviour the suite checks.
+    store_suite!(fresh());
+
+    #[tokio::test]
+    async fn envelopes_are_ciphertext_in_the_backend_and_plain_through_the_wrapper() {
+        let (_dir, store, inner) = sealed().await;
+        let seqs = suite::stored_seqs(
+            &store
+                .submit(vec![suite::notice("n-1", "k-1", &["org-b", "org-c"])])
+                .await
+                .unwrap()[0],
+        );
+        store
+            .accept_inbox(vec![suite::incoming("org-x", "in-1", b"r-1")])
+            .await
+            .unwrap();
+
+        let raw = inner.undelivered("org-b").await.unwrap();
+        assert_eq!(raw[0].seq, seqs[0]);
+        let plain = suite::envelope("n-1", "org-b");
+        assert_ne!(raw[0].envelope, plain);
+        assert!(!raw[0].envelope.windows(8).any(|w| w == b"envelope"));
+        let raw_inbox = inner.inbox_after(0, 10, false, None).await.unwrap();
+        assert_ne!(
+            raw_inbox[0].envelope,
+            suite::incoming_envelope("org-x", "in-1")
+        );
+        // Receipts are not sealed.
+        assert_eq!(raw_inbox[0].receipt, b"r-1");
+
+        assert_eq!(store.undelivered("org-b").await.unwrap()[0].envelope, plain);
+        assert_eq!(
+            store.inbox_by_notice("in-1").await.unwrap()[0].envelope,
+            suite::incoming_envelope("org-x", "in-1")
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_ciphertext_moved_to_another_row_is_corrupt_named_by_ids() {
+        let (_dir, store, inner) = sealed().await;
+        let seqs = suite::stored_seqs(
+            &store
+                .submit(vec![suite::notice("n-1", "k-1", &["org-b", "org-c"])])
+                .await
+                .unwrap()[0],
+        );
+        // Copy org-b's ciphertext over org-c's row, as someone with write
+        // access to the database file could.
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(_dir.path().join("s.db")),
+        )
+        .await
+        .unwrap();
+        let envelope: Vec<u8> = sqlx::query("SELECT envelope FROM outbox WHERE seq = ?")
+            .bind(seqs[0])
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        sqlx::query("UPDATE outbox SET envelope = ? WHERE seq = ?")
+            .bind(envelope)
+            .bind(seqs[1])
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        assert_eq!(store.undelivered("org-b").await.unwrap().len(), 1);
+        let error = store.undelivered("org-c").await.unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{text}");
+        assert!(text.contains(&seqs[1].to_string()), "{text}");
+        assert!(text.contains("n-1") && text.contains("org-c"), "{text}");
+        assert!(!text.contains("envelope n-1"), "{text}");
+        drop(inner);
+        store.close().await;
+    }
+}
