@@ -33,8 +33,6 @@ const SEALED_VERSION: u8 = 1;
 /// Bytes of a key (data key and KEK alike).
 pub const KEY_LEN: usize = 32;
 
-/// HKDF info of the key that hashes CPR numbers in the audit log.
-
 /// Where the key-encryption key comes from (`[storage]` in the config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KekSource {
