@@ -71,12 +71,16 @@ pub enum AuditAction {
     /// The daemon started with a TLS certificate or signing key other than
     /// the previous start's.
     KeysRotated,
+    /// Retention purged notice bodies (counts and cutoff in the detail).
+    Purged,
+    /// The store's data key was wrapped under a new key-encryption key.
+    StoreKeyRewrapped,
     /// Any other operator action, named in the entry's detail.
     Admin,
 }
 
 /// Every action, for parsing and listing.
-pub const AUDIT_ACTIONS: [AuditAction; 21] = [
+pub const AUDIT_ACTIONS: [AuditAction; 23] = [
     AuditAction::Submit,
     AuditAction::SendAttempt,
     AuditAction::SendRetry,
@@ -97,6 +101,8 @@ pub const AUDIT_ACTIONS: [AuditAction; 21] = [
     AuditAction::OutboxCancel,
     AuditAction::DaemonStarted,
     AuditAction::KeysRotated,
+    AuditAction::Purged,
+    AuditAction::StoreKeyRewrapped,
     AuditAction::Admin,
 ];
 
@@ -123,6 +129,8 @@ impl AuditAction {
             AuditAction::OutboxCancel => "outbox_cancel",
             AuditAction::DaemonStarted => "daemon_started",
             AuditAction::KeysRotated => "keys_rotated",
+            AuditAction::Purged => "purged",
+            AuditAction::StoreKeyRewrapped => "store_key_rewrapped",
             AuditAction::Admin => "admin",
         }
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::Millis;
+use crate::audit::{AuditAction, AuditEvent};
 use crate::config::{RetentionConfig, format_time};
 use crate::store::{PurgeReport, Store, StoreError};
 
@@ -42,9 +43,22 @@ pub async fn purge(
     retention: RetentionConfig,
     now_ms: Millis,
     dry_run: bool,
+    actor: &str,
 ) -> Result<Purged, StoreError> {
     let cutoff_ms = cutoff_ms(retention, now_ms);
     let report = store.purge_bodies(cutoff_ms, now_ms, dry_run).await?;
+    if !dry_run && report != PurgeReport::default() {
+        store
+            .record_audit(vec![
+                AuditEvent::new(now_ms, actor, AuditAction::Purged).detail(format!(
+                    "{} outbox bodies and {} inbox bodies finished before {}",
+                    report.outbox_rows,
+                    report.inbox_items,
+                    format_time(cutoff_ms)
+                )),
+            ])
+            .await?;
+    }
     Ok(Purged { cutoff_ms, report })
 }
 
@@ -64,7 +78,7 @@ pub fn spawn(
                 _ = interval.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            match purge(store.as_ref(), retention, crate::now_ms(), false).await {
+            match purge(store.as_ref(), retention, crate::now_ms(), false, "daemon").await {
                 Ok(Purged { cutoff_ms, report }) => {
                     let cutoff = format_time(cutoff_ms);
                     if report == PurgeReport::default() {

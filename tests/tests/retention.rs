@@ -131,6 +131,19 @@ async fn purge_removes_delivered_and_acknowledged_bodies_and_keeps_the_rest() {
         let (code, out) = tvaers(&sites, org, &["--json", "purge"]);
         assert_eq!(code, 0, "{out}");
         assert_eq!(json(&out)[field], 0, "{org}: a purge is done once: {out}");
+        // The purge that took something is in the audit log, by whom.
+        let (code, out) = tvaers(&sites, org, &["audit", "export"]);
+        assert_eq!(code, 0, "{out}");
+        let purges: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("\"action\":\"purged\""))
+            .collect();
+        assert_eq!(purges.len(), 1, "{org}: {out}");
+        assert!(
+            purges[0].contains("\"actor\":\"admin uid="),
+            "{}",
+            purges[0]
+        );
     }
 
     // The local API shows the item as purged, still with its ids and times.

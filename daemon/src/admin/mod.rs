@@ -123,7 +123,8 @@ impl AdminApi for AdminService {
         &self,
         request: Request<v1::PurgeRequest>,
     ) -> Result<Response<v1::PurgeResponse>, Status> {
-        purge::purge(&self.state, request.into_inner())
+        let actor = api::actor("admin", &request);
+        purge::purge(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }
@@ -132,7 +133,8 @@ impl AdminApi for AdminService {
         &self,
         request: Request<v1::RewrapStoreKeyRequest>,
     ) -> Result<Response<v1::RewrapStoreKeyResponse>, Status> {
-        rewrap::rewrap_store_key(&self.state, request.into_inner())
+        let actor = api::actor("admin", &request);
+        rewrap::rewrap_store_key(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }

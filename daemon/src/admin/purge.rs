@@ -11,12 +11,14 @@ use crate::retention::{self, Purged};
 pub async fn purge(
     state: &AdminState,
     request: v1::PurgeRequest,
+    actor: String,
 ) -> Result<v1::PurgeResponse, Status> {
     let Purged { cutoff_ms, report } = retention::purge(
         state.store.as_ref(),
         state.retention,
         crate::now_ms(),
         request.dry_run,
+        &actor,
     )
     .await
     .map_err(|e| crate::api::internal("purge", e))?;

@@ -9,10 +9,12 @@ use tvaers_proto::v1;
 
 use super::AdminState;
 use crate::at_rest::{AtRestError, Kek, KekSource};
+use crate::audit::{AuditAction, AuditEvent};
 
 pub async fn rewrap_store_key(
     state: &AdminState,
     request: v1::RewrapStoreKeyRequest,
+    actor: String,
 ) -> Result<v1::RewrapStoreKeyResponse, Status> {
     let path = PathBuf::from(&request.new_key_file);
     if !path.is_absolute() {
@@ -39,6 +41,14 @@ pub async fn rewrap_store_key(
         new_kek_id = %new_kek_id,
         "store data key re-wrapped under a new key-encryption key"
     );
+    super::audit::record(
+        state,
+        vec![
+            AuditEvent::new(crate::now_ms(), actor, AuditAction::StoreKeyRewrapped)
+                .detail(format!("kek {old_kek_id} -> {new_kek_id}")),
+        ],
+    )
+    .await?;
     Ok(v1::RewrapStoreKeyResponse {
         old_kek_id,
         new_kek_id,
