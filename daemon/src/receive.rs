@@ -200,6 +200,17 @@ impl Receiver {
         })
     }
 
+    /// [`Receiver::refuse`] for a request refused before its envelope was
+    /// opened: no notice id, kind or citizen to name.
+    async fn refuse_unopened(
+        &self,
+        peer: &str,
+        code: &'static str,
+        text: String,
+    ) -> v1::SignedReceipt {
+        self.refuse(peer, "", "none", None, code, text).await
+    }
+
     /// Logs, counts, audits and signs a permanent rejection.
     async fn refuse(
         &self,
@@ -233,11 +244,8 @@ impl Receiver {
             Some(v1::peer_request::Body::SignedNotice(signed)) => signed,
             Some(v1::peer_request::Body::Notice(_)) => {
                 return self
-                    .refuse(
+                    .refuse_unopened(
                         peer,
-                        "",
-                        "none",
-                        None,
                         reason::SIGNATURE_MISSING,
                         "the notice is not signed: every envelope must be signed by its sender"
                             .into(),
@@ -246,21 +254,13 @@ impl Receiver {
             }
             None => {
                 return self
-                    .refuse(
-                        peer,
-                        "",
-                        "none",
-                        None,
-                        reason::MALFORMED,
-                        "request carries no notice".into(),
-                    )
+                    .refuse_unopened(peer, reason::MALFORMED, "request carries no notice".into())
                     .await;
             }
         };
         // Nothing is decoded, let alone stored, before the signature holds.
         let Some(key) = self.peers.signing_key(peer) else {
-            return self.refuse(peer, "", "none", None,
-                reason::UNKNOWN_SIGNING_KEY,
+            return self.refuse_unopened(peer, reason::UNKNOWN_SIGNING_KEY,
                 format!(
                     "{} has no signing key pinned for {peer}: its operator must add {peer}'s card (`tvaers peer add`)",
                     self.org_id
@@ -271,11 +271,8 @@ impl Receiver {
             Ok(envelope) => envelope,
             Err(OpenError::BadSignature) => {
                 return self
-                    .refuse(
+                    .refuse_unopened(
                         peer,
-                        "",
-                        "none",
-                        None,
                         reason::BAD_SIGNATURE,
                         format!(
                             "the envelope's signature does not match {peer}'s pinned key {key}"
@@ -285,11 +282,8 @@ impl Receiver {
             }
             Err(OpenError::Malformed) => {
                 return self
-                    .refuse(
+                    .refuse_unopened(
                         peer,
-                        "",
-                        "none",
-                        None,
                         reason::MALFORMED,
                         "the signed bytes are not an Envelope".into(),
                     )

@@ -43,22 +43,33 @@ impl SealedStore {
             .map_err(|_| StoreError::Encrypt)
     }
 
+    /// Decrypts what [`SealedStore::seal`] made for `row`; `what` names the
+    /// row (by ids only) when it does not decrypt.
+    fn open(
+        &self,
+        row: &[&[u8]],
+        sealed: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.keyring.open_sealed(row, sealed).ok_or_else(|| {
+            StoreError::Corrupt(format!("{} does not decrypt under the data key", what()))
+        })
+    }
+
     fn open_outbox(&self, mut item: OutboxItem) -> Result<OutboxItem, StoreError> {
         if item.purged_at_ms.is_some() {
             return Ok(item);
         }
-        item.envelope = self
-            .keyring
-            .open_sealed(
-                &outbox_row(&item.notice_id, &item.recipient),
-                &item.envelope,
-            )
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "the envelope of outbox row {} (notice {} to {}) does not decrypt under the data key",
+        item.envelope = self.open(
+            &outbox_row(&item.notice_id, &item.recipient),
+            &item.envelope,
+            || {
+                format!(
+                    "the envelope of outbox row {} (notice {} to {})",
                     item.seq, item.notice_id, item.recipient
-                ))
-            })?;
+                )
+            },
+        )?;
         Ok(item)
     }
 
@@ -67,29 +78,27 @@ impl SealedStore {
             if let Some(sealed) = &placement.handling {
                 let cursor = record.cursor.to_be_bytes();
                 let row = handling_row(&cursor, &placement.inbox);
-                placement.handling = Some(self.keyring.open_sealed(&row, sealed).ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "the handling record of inbox item {} in {} does not decrypt under the data key",
+                placement.handling = Some(self.open(&row, sealed, || {
+                    format!(
+                        "the handling record of inbox item {} in {}",
                         record.cursor, placement.inbox
-                    ))
+                    )
                 })?);
             }
         }
         if record.purged_at_ms.is_some() {
             return Ok(record);
         }
-        record.envelope = self
-            .keyring
-            .open_sealed(
-                &inbox_row(&record.sender, &record.notice_id),
-                &record.envelope,
-            )
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "the envelope of inbox item {} (notice {} from {}) does not decrypt under the data key",
+        record.envelope = self.open(
+            &inbox_row(&record.sender, &record.notice_id),
+            &record.envelope,
+            || {
+                format!(
+                    "the envelope of inbox item {} (notice {} from {})",
                     record.cursor, record.notice_id, record.sender
-                ))
-            })?;
+                )
+            },
+        )?;
         Ok(record)
     }
 }

@@ -179,6 +179,18 @@ macro_rules! sql_store {
                 Ok(records)
             }
 
+            /// Appends `sql` and binds `value` when there is one: an optional
+            /// filter condition.
+            fn push_condition<'t, T>(query: &mut QueryBuilder<$db>, sql: &str, value: Option<T>)
+            where
+                T: sqlx::Encode<'t, $db> + sqlx::Type<$db>,
+            {
+                if let Some(value) = value {
+                    query.push(sql);
+                    query.push_bind(value);
+                }
+            }
+
             /// Columns [`audit_entry`] reads, in its order.
             const AUDIT_ENTRY_SELECT: &str =
                 "SELECT seq, at_ms, actor, action, notice_id, peer, citizen_ref, detail, prev_mac, mac \
@@ -690,18 +702,9 @@ macro_rules! sql_store {
                     const OP: &str = "list_outbox";
                     let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);
                     query.push(" WHERE 1 = 1");
-                    if let Some(state) = filter.state {
-                        query.push(" AND o.state = ");
-                        query.push_bind(state.as_str());
-                    }
-                    if let Some(before) = filter.before_seq {
-                        query.push(" AND o.seq < ");
-                        query.push_bind(before);
-                    }
-                    if let Some(notice_id) = filter.notice_id {
-                        query.push(" AND o.notice_id = ");
-                        query.push_bind(notice_id);
-                    }
+                    push_condition(&mut query, " AND o.state = ", filter.state.map(|state| state.as_str()));
+                    push_condition(&mut query, " AND o.seq < ", filter.before_seq);
+                    push_condition(&mut query, " AND o.notice_id = ", filter.notice_id);
                     query.push(" ORDER BY o.seq DESC LIMIT ");
                     query.push_bind(i64::from(filter.limit));
                     let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
@@ -1227,18 +1230,9 @@ macro_rules! sql_store {
                     let mut query = QueryBuilder::<$db>::new(AUDIT_ENTRY_SELECT);
                     query.push(" WHERE seq > ");
                     query.push_bind(if filter.newest_first { 0 } else { filter.after_seq });
-                    if let Some(action) = filter.action {
-                        query.push(" AND action = ");
-                        query.push_bind(action.as_str());
-                    }
-                    if let Some(from) = filter.from_ms {
-                        query.push(" AND at_ms >= ");
-                        query.push_bind(from);
-                    }
-                    if let Some(to) = filter.to_ms {
-                        query.push(" AND at_ms < ");
-                        query.push_bind(to);
-                    }
+                    push_condition(&mut query, " AND action = ", filter.action.map(|action| action.as_str()));
+                    push_condition(&mut query, " AND at_ms >= ", filter.from_ms);
+                    push_condition(&mut query, " AND at_ms < ", filter.to_ms);
                     if let Some(citizen) = filter.citizen {
                         query.push(" AND (citizen_ref = ");
                         query.push_bind(citizen.0.clone());
