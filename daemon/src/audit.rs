@@ -57,6 +57,8 @@ pub enum AuditAction {
     MarkedRead,
     /// A staff member took an item in a team inbox.
     MarkedHandled,
+    /// An item's handling deadline passed: it went to the escalation inbox.
+    Escalated,
     /// An operator changed a peer: added, changed, revoked or removed.
     PeerAdded,
     PeerChanged,
@@ -80,7 +82,7 @@ pub enum AuditAction {
 }
 
 /// Every action, for parsing and listing.
-pub const AUDIT_ACTIONS: [AuditAction; 23] = [
+pub const AUDIT_ACTIONS: [AuditAction; 24] = [
     AuditAction::Submit,
     AuditAction::SendAttempt,
     AuditAction::SendRetry,
@@ -93,6 +95,7 @@ pub const AUDIT_ACTIONS: [AuditAction; 23] = [
     AuditAction::InboxAck,
     AuditAction::MarkedRead,
     AuditAction::MarkedHandled,
+    AuditAction::Escalated,
     AuditAction::PeerAdded,
     AuditAction::PeerChanged,
     AuditAction::PeerRevoked,
@@ -121,6 +124,7 @@ impl AuditAction {
             AuditAction::InboxAck => "inbox_ack",
             AuditAction::MarkedRead => "marked_read",
             AuditAction::MarkedHandled => "marked_handled",
+            AuditAction::Escalated => "escalated",
             AuditAction::PeerAdded => "peer_added",
             AuditAction::PeerChanged => "peer_changed",
             AuditAction::PeerRevoked => "peer_revoked",

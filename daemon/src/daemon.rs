@@ -285,7 +285,7 @@ pub async fn run(
         citizens,
         citizen_refs: audit_keys.citizens.clone(),
         default_ttl_ms: i64::try_from(config.delivery.ttl_seconds * 1000).unwrap_or(i64::MAX / 2),
-        newest_cursor: newest_cursor_rx,
+        newest_cursor: newest_cursor_rx.clone(),
         shutdown: shutdown.clone(),
         metrics,
     });
@@ -319,6 +319,14 @@ pub async fn run(
     .await?;
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
     let purger = crate::retention::spawn(store.clone(), config.retention, shutdown.clone());
+    let escalator = (!config.escalation.rules().is_empty()).then(|| {
+        crate::escalator::spawn(
+            store.clone(),
+            config.escalation.clone(),
+            newest_cursor_rx,
+            shutdown.clone(),
+        )
+    });
 
     tracing::info!(
         org = %config.site.org_id,
@@ -355,6 +363,9 @@ pub async fn run(
     let _ = submit_writer.await;
     let _ = accept_writer.await;
     let _ = purger.await;
+    if let Some(escalator) = escalator {
+        let _ = escalator.await;
+    }
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

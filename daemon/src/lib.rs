@@ -9,7 +9,7 @@
 //! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
 //! | the peer receives it | [`receive`] |
 //! | it is routed to staff inboxes | [`routing`] |
-//! | its handling deadline passes | [`escalation`] (no I/O; decided, not yet acted on), in [`working_hours`] |
+//! | its handling deadline passes | [`escalation`] (no I/O), in [`working_hours`], applied by [`escalator`] |
 //! | it is read from the inbox | [`api::inbox`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
@@ -30,6 +30,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod escalation;
+pub mod escalator;
 pub mod identity;
 pub mod metrics;
 pub mod peers;

@@ -392,6 +392,7 @@ impl Receiver {
             receipt: accepted.encode_to_vec(),
             citizen,
             inboxes: self.routes(peer, kind, envelope.notice.as_ref()),
+            kind: kind.to_owned(),
         };
         match self.inbox.run(incoming).await {
             Ok(outcome) => {

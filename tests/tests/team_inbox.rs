@@ -156,3 +156,109 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
     let logs = sites.all_logs();
     assert!(!logs.contains(CPR), "a CPR number appears in the logs");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_not_handled_in_time_is_escalated_once() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    // Always working hours and no time to handle an admission: overdue at
+    // once, whatever the day and hour the test runs.
+    let deadlines = r#"
+[[inboxes.deadlines]]
+inbox = "discharge-coordinators"
+kinds = ["admission"]
+within_working_hours = 0
+escalate_to = "team-leads"
+
+[working_hours]
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+open = "00:00"
+close = "24:00"
+"#;
+    sites
+        .edit_config(kommune, |text| {
+            text.replacen("\n[[peers]]", &format!("{ROUTES}{deadlines}\n[[peers]]"), 1)
+        })
+        .unwrap();
+    sites.start_all().await.unwrap();
+
+    let sender = sites.client(psyk).await.unwrap();
+    for (key, notice) in [
+        ("e-1", sample::admission(CPR)),
+        ("e-2", sample::no_show(CPR)),
+    ] {
+        let id = sender
+            .submit(Submission::new(notice).idempotency_key(key).to(kommune))
+            .await
+            .unwrap()
+            .notice_id;
+        assert!(
+            sender
+                .wait_delivered(&id, WAIT)
+                .await
+                .unwrap()
+                .all_delivered()
+        );
+    }
+
+    let staff = sites.client(kommune).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let leads = loop {
+        let leads = staff.list_team_inbox("team-leads", 0, 10).await.unwrap();
+        if !leads.is_empty() {
+            break leads;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was escalated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(leads.len(), 1, "only the admission has a deadline");
+    let item = &leads[0];
+    let escalated = item
+        .placements
+        .iter()
+        .find(|p| p.inbox == "team-leads")
+        .unwrap();
+    assert_eq!(escalated.escalated_from, "discharge-coordinators");
+    let original = item
+        .placements
+        .iter()
+        .find(|p| p.inbox == "discharge-coordinators")
+        .unwrap();
+    assert!(original.escalated_at_ms > 0);
+    // The no-show has no deadline and stays where it was.
+    let housing = staff
+        .list_team_inbox("housing-support", 0, 10)
+        .await
+        .unwrap();
+    assert!(housing[0].placements.iter().all(|p| p.escalated_at_ms == 0));
+
+    // Once only, also across a restart.
+    sites.stop(kommune).await.unwrap();
+    sites.start(kommune).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let staff = sites.client(kommune).await.unwrap();
+    assert_eq!(
+        staff
+            .list_team_inbox("team-leads", 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let audit = sites
+        .admin(kommune)
+        .await
+        .unwrap()
+        .audit_entries(v1::AuditEntriesRequest::default())
+        .await
+        .unwrap();
+    let escalations = audit
+        .entries
+        .iter()
+        .filter(|e| e.action == "escalated")
+        .count();
+    assert_eq!(escalations, 1);
+}

@@ -71,6 +71,8 @@ fn placement(stored: Placement) -> v1::Placement {
         handled_at_ms: stored.handled_at_ms.unwrap_or_default(),
         note: handling.note,
         contact: handling.contact,
+        escalated_at_ms: stored.escalated_at_ms.unwrap_or_default(),
+        escalated_from: stored.escalated_from.unwrap_or_default(),
     }
 }
 

@@ -781,6 +781,15 @@ mod tests {
         ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn open_placements(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<crate::store::OpenPlacement>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn escalate(&self, _: u64, _: &str, _: &str, _: Millis) -> Result<bool, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn ack_inbox(&self, _: u64, _: Millis, _: &str) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }

@@ -201,6 +201,19 @@ pub struct IncomingNotice {
     pub citizen: Option<CitizenRef>,
     /// The team inboxes the routing rules place it in (at least one).
     pub inboxes: Vec<String>,
+    /// As `Notice::kind_name` spells it: what deadline rules match on.
+    pub kind: String,
+}
+
+/// A team-inbox item neither handled nor escalated: what the escalation
+/// driver checks against the deadlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPlacement {
+    pub cursor: u64,
+    pub inbox: String,
+    pub kind: String,
+    /// When it was placed in `inbox` (received, or escalated there).
+    pub placed_at_ms: Millis,
 }
 
 /// One inbox item in one team inbox, and how far it got there.
@@ -213,6 +226,10 @@ pub struct Placement {
     pub handled_at_ms: Option<Millis>,
     /// The handler's contact and note, encoded by the daemon; opaque here.
     pub handling: Option<Vec<u8>>,
+    /// When its handling deadline passed and it was escalated.
+    pub escalated_at_ms: Option<Millis>,
+    /// For an escalation item: the inbox whose deadline passed.
+    pub escalated_from: Option<String>,
 }
 
 /// Who handled an item in a team inbox.
@@ -366,6 +383,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         reader: &str,
         at_ms: Millis,
         actor: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Items in the team inboxes `inboxes` that are neither handled nor
+    /// escalated, oldest first.
+    async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError>;
+
+    /// Escalates an item whose deadline in `inbox` passed: marks it
+    /// escalated there and places it in `escalate_to`, in one transaction.
+    /// Returns false (and changes nothing) if it was handled or escalated
+    /// meanwhile.
+    async fn escalate(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        escalate_to: &str,
+        at_ms: Millis,
     ) -> Result<bool, StoreError>;
 
     /// Marks an item handled in one team inbox (and read, if it was not).

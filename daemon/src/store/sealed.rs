@@ -21,8 +21,8 @@ use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
 
 use super::{
     AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-    OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey,
-    SubmitOutcome,
+    OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store, StoreCounts,
+    StoreError, StoredKey, SubmitOutcome,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -235,6 +235,20 @@ impl Store for SealedStore {
 
     async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         self.inner.record_audit(events).await
+    }
+
+    async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {
+        self.inner.open_placements(inboxes).await
+    }
+
+    async fn escalate(
+        &self,
+        cursor: u64,
+        inbox: &str,
+        escalate_to: &str,
+        at_ms: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.escalate(cursor, inbox, escalate_to, at_ms).await
     }
 
     async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {

@@ -80,7 +80,7 @@ macro_rules! sql_store {
             };
             use $crate::store::{
                 AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
-                OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
+                OpenPlacement, OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
             };
 
             /// Columns [`outbox_item`] reads, in its order.
@@ -150,7 +150,8 @@ macro_rules! sql_store {
                 let mut by_cursor: HashMap<i64, Vec<Placement>> = HashMap::new();
                 for chunk in cursors.chunks($max_binds) {
                     let mut query = QueryBuilder::<$db>::new(
-                        "SELECT cursor, inbox_name, read_by, read_at_ms, handled_by, handled_at_ms, handling \
+                        "SELECT cursor, inbox_name, read_by, read_at_ms, handled_by, handled_at_ms, handling, \
+                                escalated_at_ms, escalated_from \
                          FROM inbox_placements WHERE cursor IN (",
                     );
                     let mut list = query.separated(", ");
@@ -168,6 +169,8 @@ macro_rules! sql_store {
                             handled_by: row.try_get(4).map_err(error)?,
                             handled_at_ms: row.try_get(5).map_err(error)?,
                             handling: row.try_get(6).map_err(error)?,
+                            escalated_at_ms: row.try_get(7).map_err(error)?,
+                            escalated_from: row.try_get(8).map_err(error)?,
                         });
                     }
                 }
@@ -969,7 +972,7 @@ macro_rules! sql_store {
                         }
                     }
 
-                    let placements: Vec<(i64, &str)> = firsts
+                    let placements: Vec<(i64, &str, &str)> = firsts
                         .iter()
                         .filter_map(|&index| {
                             let notice = &batch[index];
@@ -978,14 +981,17 @@ macro_rules! sql_store {
                                 .map(|&cursor| (cursor, notice))
                         })
                         .flat_map(|(cursor, notice)| {
-                            notice.inboxes.iter().map(move |inbox| (cursor, inbox.as_str()))
+                            notice
+                                .inboxes
+                                .iter()
+                                .map(move |inbox| (cursor, inbox.as_str(), notice.kind.as_str()))
                         })
                         .collect();
-                    for chunk in placements.chunks(rows_per_chunk($max_binds, 2)) {
+                    for chunk in placements.chunks(rows_per_chunk($max_binds, 3)) {
                         let mut query =
-                            QueryBuilder::<$db>::new("INSERT INTO inbox_placements (cursor, inbox_name) ");
-                        query.push_values(chunk, |mut row, (cursor, inbox)| {
-                            row.push_bind(*cursor).push_bind(*inbox);
+                            QueryBuilder::<$db>::new("INSERT INTO inbox_placements (cursor, inbox_name, kind) ");
+                        query.push_values(chunk, |mut row, (cursor, inbox, kind)| {
+                            row.push_bind(*cursor).push_bind(*inbox).push_bind(*kind);
                         });
                         query.push(" ON CONFLICT (cursor, inbox_name) DO NOTHING");
                         query
@@ -1172,6 +1178,80 @@ macro_rules! sql_store {
                     }
                     tx.commit().await.map_err(error)?;
                     Ok(newly)
+                }
+
+                async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {
+                    const OP: &str = "open_placements";
+                    let error = query_error(OP);
+                    let mut open = Vec::new();
+                    for chunk in inboxes.chunks($max_binds) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "SELECT p.cursor, p.inbox_name, p.kind, COALESCE(p.placed_at_ms, i.received_at_ms) \
+                             FROM inbox_placements p JOIN inbox i ON i.cursor = p.cursor \
+                             WHERE p.handled_at_ms IS NULL AND p.escalated_at_ms IS NULL AND p.inbox_name IN (",
+                        );
+                        let mut list = query.separated(", ");
+                        for inbox in chunk {
+                            list.push_bind(inbox.as_str());
+                        }
+                        list.push_unseparated(") ORDER BY p.cursor");
+                        let rows = query.build().persistent(false).fetch_all(&self.pool).await.map_err(error)?;
+                        for row in rows {
+                            open.push(OpenPlacement {
+                                cursor: parse_cursor(row.try_get(0).map_err(error)?)?,
+                                inbox: row.try_get(1).map_err(error)?,
+                                kind: row.try_get(2).map_err(error)?,
+                                placed_at_ms: row.try_get(3).map_err(error)?,
+                            });
+                        }
+                    }
+                    open.sort_by_key(|placement| placement.cursor);
+                    Ok(open)
+                }
+
+                async fn escalate(
+                    &self,
+                    cursor: u64,
+                    inbox: &str,
+                    escalate_to: &str,
+                    at_ms: Millis,
+                ) -> Result<bool, StoreError> {
+                    const OP: &str = "escalate";
+                    let error = query_error(OP);
+                    let row_cursor = i64::try_from(cursor).map_err(|_| StoreError::NoSuchInboxItem(cursor))?;
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new("UPDATE inbox_placements SET escalated_at_ms = ");
+                    query.push_bind(at_ms);
+                    query.push(" WHERE cursor = ");
+                    query.push_bind(row_cursor);
+                    query.push(" AND inbox_name = ");
+                    query.push_bind(inbox);
+                    query.push(" AND handled_at_ms IS NULL AND escalated_at_ms IS NULL RETURNING kind");
+                    let Some(row) = query.build().fetch_optional(&mut *tx).await.map_err(error)? else {
+                        tx.commit().await.map_err(error)?;
+                        return Ok(false);
+                    };
+                    let kind: String = row.try_get(0).map_err(error)?;
+                    let mut query = QueryBuilder::<$db>::new(
+                        "INSERT INTO inbox_placements (cursor, inbox_name, kind, placed_at_ms, escalated_from) ",
+                    );
+                    query.push_values([()], |mut row, ()| {
+                        row.push_bind(row_cursor)
+                            .push_bind(escalate_to)
+                            .push_bind(kind.as_str())
+                            .push_bind(at_ms)
+                            .push_bind(inbox);
+                    });
+                    query.push(" ON CONFLICT (cursor, inbox_name) DO NOTHING");
+                    query.build().execute(&mut *tx).await.map_err(error)?;
+                    let (notice_id, sender) = placement_notice(&mut tx, OP, cursor, row_cursor, inbox).await?;
+                    let event = AuditEvent::new(at_ms, "daemon", AuditAction::Escalated)
+                        .notice(notice_id)
+                        .peer(sender)
+                        .detail(format!("{kind} in {inbox} not handled in time: escalated to {escalate_to}"));
+                    append_audit(self.audit_key.as_ref(), &mut tx, vec![event]).await?;
+                    tx.commit().await.map_err(error)?;
+                    Ok(true)
                 }
 
                 async fn mark_handled(

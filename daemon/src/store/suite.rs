@@ -89,6 +89,7 @@ pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> Incomin
         receipt: receipt.to_vec(),
         citizen: Some(citizen_of(notice_id)),
         inboxes: vec!["main".to_owned()],
+        kind: "admission".to_owned(),
     }
 }
 
@@ -1441,6 +1442,97 @@ pub(crate) async fn team_inboxes_place_items_and_keep_the_first_reader_and_handl
     );
 }
 
+/// Open placements are the unhandled, unescalated items of the inboxes
+/// asked about; escalating one marks it and places it in the escalation
+/// inbox once, and a handled item is never escalated.
+pub(crate) async fn escalation_moves_an_open_item_once_and_never_a_handled_one(store: &dyn Store) {
+    let mut first = incoming("org-x", "in-1", b"r-1");
+    first.inboxes = vec!["coordinators".into()];
+    let mut second = incoming("org-x", "in-2", b"r-2");
+    second.inboxes = vec!["coordinators".into(), "elsewhere".into()];
+    second.kind = "no_show".into();
+    let accepted = store.accept_inbox(vec![first, second]).await.unwrap();
+    let (one, two) = (accepted[0].cursor, accepted[1].cursor);
+    let timed = vec!["coordinators".to_owned()];
+
+    let open = store.open_placements(&timed).await.unwrap();
+    assert_eq!(
+        open,
+        vec![
+            super::OpenPlacement {
+                cursor: one,
+                inbox: "coordinators".into(),
+                kind: "admission".into(),
+                placed_at_ms: RECEIVED_AT,
+            },
+            super::OpenPlacement {
+                cursor: two,
+                inbox: "coordinators".into(),
+                kind: "no_show".into(),
+                placed_at_ms: RECEIVED_AT,
+            },
+        ]
+    );
+
+    let handled = super::Handled {
+        by: "Ane".into(),
+        at_ms: 6_000,
+        handling: Vec::new(),
+    };
+    store
+        .mark_handled(two, "coordinators", handled, "api uid=1")
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .escalate(two, "coordinators", "leads", 7_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .escalate(one, "coordinators", "leads", 7_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .escalate(one, "coordinators", "leads", 8_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.open_placements(&timed).await.unwrap().is_empty());
+
+    let leads = store
+        .inbox_after(0, 10, false, Some("leads"))
+        .await
+        .unwrap();
+    assert_eq!(leads.len(), 1);
+    let placements = &leads[0].placements;
+    let (coordinators, escalated): (Vec<_>, Vec<_>) =
+        placements.iter().partition(|p| p.inbox == "coordinators");
+    assert_eq!(coordinators[0].escalated_at_ms, Some(7_000));
+    assert_eq!(escalated[0].inbox, "leads");
+    assert_eq!(escalated[0].escalated_from.as_deref(), Some("coordinators"));
+    // The escalation item waits in its own inbox from the escalation on.
+    let open_leads = store.open_placements(&["leads".to_owned()]).await.unwrap();
+    assert_eq!(open_leads.len(), 1);
+    assert_eq!(
+        (open_leads[0].placed_at_ms, open_leads[0].kind.as_str()),
+        (7_000, "admission")
+    );
+    let last = store
+        .audit_entries(AuditQuery {
+            action: Some(AuditAction::Escalated),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].event.notice_id.as_deref(), Some("in-1"));
+}
+
 /// The outbox rows of one notice, keyed by recipient.
 async fn outbox_rows(store: &dyn Store, notice_id: &str) -> Vec<OutboxItem> {
     let mut rows = store
@@ -1770,6 +1862,7 @@ macro_rules! store_suite {
             audit_entries_page_and_filter_by_time_and_citizen,
             a_rolled_back_write_leaves_no_audit_entry,
             team_inboxes_place_items_and_keep_the_first_reader_and_handler,
+            escalation_moves_an_open_item_once_and_never_a_handled_one,
             purge_bodies_empties_finished_and_acknowledged_bodies_only,
             store_keys_are_created_once,
             replace_store_key_is_compare_and_set,

@@ -1,0 +1,97 @@
+//! The escalation driver: applies [`crate::escalation`]'s decisions to the
+//! store. It loads the team-inbox items that are neither handled nor
+//! escalated (only of inboxes that have a deadline), asks
+//! [`EscalationPolicy::step`] which are overdue, escalates each in one store
+//! transaction (marked escalated where it was, placed in the escalation
+//! inbox, audited), then sleeps until the next deadline, a new item, or at
+//! most [`MAX_SLEEP`], whichever comes first. A restart loses nothing: the
+//! state is in the store, and an item escalated once is not escalated again.
+//!
+//! Not yet here: telling the sender that its notice is overdue (that needs
+//! the business receipt of issue 6).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::escalation::{EscalationPolicy, InboxItem};
+use crate::store::{Store, StoreError};
+use crate::{Millis, now_ms};
+
+/// Look again at least this often: the clock may jump, and an item handled
+/// or escalated by another instance changes nothing here until then.
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// One round: escalates every overdue item. Returns how many it escalated
+/// and when the next deadline falls.
+pub async fn escalate_due(
+    store: &dyn Store,
+    policy: &EscalationPolicy,
+    now: Millis,
+) -> Result<(usize, Option<Millis>), StoreError> {
+    let mut timed: Vec<String> = policy.rules().iter().map(|r| r.inbox.clone()).collect();
+    timed.sort();
+    timed.dedup();
+    let open = store.open_placements(&timed).await?;
+    let items: Vec<InboxItem> = open
+        .into_iter()
+        .map(|placement| InboxItem {
+            id: placement.cursor,
+            inbox: placement.inbox,
+            kind: placement.kind,
+            received_at_ms: placement.placed_at_ms,
+            handled_at_ms: None,
+            escalated: false,
+        })
+        .collect();
+    let step = policy.step(now, &items);
+    let mut escalated = 0;
+    for due in &step.escalate {
+        if store
+            .escalate(due.id, &due.inbox, &due.escalate_to, now)
+            .await?
+        {
+            escalated += 1;
+            tracing::warn!(
+                cursor = due.id,
+                inbox = %due.inbox,
+                kind = %due.kind,
+                escalate_to = %due.escalate_to,
+                "handling deadline passed: escalated"
+            );
+        }
+    }
+    Ok((escalated, step.next_check_at_ms))
+}
+
+/// Runs [`escalate_due`] until `shutdown`, waking for new items
+/// (`newest_cursor`) and deadlines.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    policy: EscalationPolicy,
+    mut newest_cursor: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            newest_cursor.borrow_and_update();
+            let now = now_ms();
+            let sleep = match escalate_due(store.as_ref(), &policy, now).await {
+                Ok((_, next)) => next.map_or(MAX_SLEEP, |at| {
+                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_SLEEP)
+                }),
+                Err(error) => {
+                    tracing::error!(%error, "escalation: cannot read or write the store; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                changed = newest_cursor.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    })
+}
