@@ -34,6 +34,9 @@ pub struct RecipientStatus {
     pub receipt: Option<v1::Receipt>,
     /// When the daemon tries again (UTC ms), while not settled.
     pub next_attempt_at_ms: Option<i64>,
+    /// Who took the notice at the recipient (one per team inbox), with how
+    /// to reach them: from the recipient's signed business receipts.
+    pub handled: Vec<v1::Handled>,
 }
 
 impl RecipientStatus {
@@ -79,6 +82,7 @@ impl From<v1::RecipientStatus> for RecipientStatus {
             delivered_at_ms: nonzero(r.delivered_at_ms),
             receipt: r.receipt,
             next_attempt_at_ms: nonzero(r.next_attempt_at_ms),
+            handled: r.handled,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::now_ms;
 use crate::peers::PeerSet;
 use crate::routing::{NoticeFacts, RoutingTable, unit_codes};
 use crate::signing::{OpenError, SigningKey};
-use crate::store::{AcceptOutcome, IncomingNotice, Store};
+use crate::store::{AcceptOutcome, HandledReceipt, IncomingNotice, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
 
@@ -40,6 +40,8 @@ pub mod reason {
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const KIND_NOT_ALLOWED: &str = "KIND_NOT_ALLOWED";
     pub const CLOCK_SKEW: &str = "CLOCK_SKEW";
+    /// A handled receipt about a notice we did not send to that peer.
+    pub const UNKNOWN_NOTICE: &str = "UNKNOWN_NOTICE";
     pub const SIGNATURE_MISSING: &str = "SIGNATURE_MISSING";
     pub const UNKNOWN_SIGNING_KEY: &str = "UNKNOWN_SIGNING_KEY";
     pub const BAD_SIGNATURE: &str = "BAD_SIGNATURE";
@@ -341,7 +343,42 @@ impl Receiver {
                 )
                 .await;
         }
-        if !self.peers.may_send(peer, kind) {
+        let handled = match envelope.notice.as_ref().and_then(|n| n.payload.as_ref()) {
+            Some(v1::notice::Payload::Handled(handled)) => Some(handled),
+            _ => None,
+        };
+        if let Some(handled) = handled {
+            // Any peer may tell us who took a notice we sent it, and only that.
+            match self.store.delivery(&handled.notice_id).await {
+                Ok(Some(delivery)) if delivery.recipients.iter().any(|r| r.recipient == peer) => {}
+                Ok(_) => {
+                    return self
+                        .refuse(
+                            peer,
+                            &notice_id,
+                            kind,
+                            citizen.clone(),
+                            reason::UNKNOWN_NOTICE,
+                            format!(
+                                "{} sent no notice {} to {peer}: a handled receipt must be about one",
+                                self.org_id, handled.notice_id
+                            ),
+                        )
+                        .await;
+                }
+                Err(error) => {
+                    tracing::error!(%peer, %notice_id, %error, "could not look up the notice a handled receipt is about");
+                    return self.signing_key.sign_receipt(&v1::Receipt {
+                        notice_id,
+                        outcome: v1::ReceiptOutcome::RejectedTransient as i32,
+                        reason_code: reason::STORE_UNAVAILABLE.into(),
+                        reason_text: "the receiver could not check the notice; retry later".into(),
+                        receiver: self.org_id.clone(),
+                        received_at_ms: now_ms(),
+                    });
+                }
+            }
+        } else if !self.peers.may_send(peer, kind) {
             return self.refuse(peer, &notice_id, kind, citizen.clone(),
                 reason::KIND_NOT_ALLOWED,
                 format!(
@@ -391,8 +428,20 @@ impl Receiver {
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
             citizen,
-            inboxes: self.routes(peer, kind, envelope.notice.as_ref()),
+            // A business receipt is for the delivery status, not for staff.
+            inboxes: if handled.is_some() {
+                Vec::new()
+            } else {
+                self.routes(peer, kind, envelope.notice.as_ref())
+            },
             kind: kind.to_owned(),
+            handled: handled.map(|handled| HandledReceipt {
+                notice_id: handled.notice_id.clone(),
+                from_org: peer.to_owned(),
+                inbox: handled.inbox.clone(),
+                handled: handled.encode_to_vec(),
+                received_at_ms: now,
+            }),
         };
         match self.inbox.run(incoming).await {
             Ok(outcome) => {

@@ -107,7 +107,10 @@ pub fn unit_codes(notice: &Notice) -> Vec<&str> {
         Some(Payload::Admission(a)) => vec![a.hospital.as_ref(), a.ward.as_ref()],
         Some(Payload::Discharge(d)) => vec![d.unit.as_ref()],
         Some(Payload::NoShow(n)) => vec![n.unit.as_ref()],
-        Some(Payload::PlanChange(_)) | Some(Payload::Correction(_)) | None => Vec::new(),
+        Some(Payload::PlanChange(_))
+        | Some(Payload::Correction(_))
+        | Some(Payload::Handled(_))
+        | None => Vec::new(),
     };
     units
         .into_iter()

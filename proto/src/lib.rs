@@ -77,6 +77,7 @@ impl v1::Notice {
             Some(Payload::NoShow(_)) => "no_show",
             Some(Payload::PlanChange(_)) => "plan_change",
             Some(Payload::Correction(_)) => "correction",
+            Some(Payload::Handled(_)) => "handled",
             None => "none",
         }
     }

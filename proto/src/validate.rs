@@ -260,8 +260,17 @@ fn notice_at(p: &str, n: &v1::Notice) -> Result<Cpr> {
         Some(Payload::NoShow(s)) => no_show(&join(p, "no_show"), s),
         Some(Payload::PlanChange(c)) => plan_change(&join(p, "plan_change"), c),
         Some(Payload::Correction(c)) => correction(&join(p, "correction"), c),
+        Some(Payload::Handled(h)) => handled(&join(p, "handled"), h),
     }?;
     Ok(cpr)
+}
+
+fn handled(p: &str, h: &v1::Handled) -> Result {
+    uuid_field(&join(p, "notice_id"), &h.notice_id, false)?;
+    line(p, "inbox", &h.inbox, MAX_KEY_CHARS, true)?;
+    enumeration::<v1::HandledStatus>(p, "status", h.status)?;
+    time(p, "handled_at_ms", h.handled_at_ms)?;
+    contact(p, "handler", h.handler.as_ref())
 }
 
 fn admission(p: &str, a: &v1::Admission) -> Result {

@@ -1053,3 +1053,63 @@ async fn readyz_turns_unready_while_the_store_cannot_take_writes() {
     sites.start(PSYCHIATRY.org_id).await.unwrap();
     assert_all_delivered(&municipality, &[submitted.notice_id]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handled_receipt_about_a_notice_never_sent_to_that_peer_is_refused() {
+    let (kommune, psyk, gp) = (
+        MUNICIPALITY.org_id,
+        PSYCHIATRY.org_id,
+        GENERAL_PRACTICE.org_id,
+    );
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY, GENERAL_PRACTICE]).unwrap();
+    sites.start_all().await.unwrap();
+    // Psychiatry sends an admission to the municipality only.
+    let psychiatry = sites.client(psyk).await.unwrap();
+    let sent = psychiatry
+        .submit(submission("h1", sample::admission(CPR_A), &[kommune]))
+        .await
+        .unwrap()
+        .notice_id;
+    assert_all_delivered(&psychiatry, std::slice::from_ref(&sent)).await;
+
+    let handled = |notice_id: &str| v1::Notice {
+        citizen_cpr: CPR_A.into(),
+        episode_id: String::new(),
+        payload: Some(v1::notice::Payload::Handled(v1::Handled {
+            notice_id: notice_id.into(),
+            inbox: "clinic".into(),
+            status: v1::HandledStatus::Handled as i32,
+            handler: Some(v1::Contact {
+                name: "Dr. Eve".into(),
+                phone: "+45 55 55 00 00".into(),
+                ..Default::default()
+            }),
+            handled_at_ms: tvaers_daemon::now_ms(),
+        })),
+    };
+    // The GP claims to have handled a notice psychiatry never sent it.
+    let from_gp = RawPeer::connect(&sites, gp, psyk).await;
+    let receipt = from_gp
+        .send_envelope(envelope(gp, psyk, handled(&sent)))
+        .await;
+    assert_eq!(
+        (receipt.outcome, receipt.reason_code.as_str()),
+        (
+            v1::ReceiptOutcome::RejectedPermanent as i32,
+            "UNKNOWN_NOTICE"
+        ),
+        "{}",
+        receipt.reason_text
+    );
+    let status = psychiatry.delivery_status(&sent).await.unwrap();
+    assert!(status.recipients[0].handled.is_empty());
+    // The municipality, which did receive it, is believed.
+    let from_kommune = RawPeer::connect(&sites, kommune, psyk).await;
+    let receipt = from_kommune
+        .send_envelope(envelope(kommune, psyk, handled(&sent)))
+        .await;
+    assert_eq!(receipt.outcome, v1::ReceiptOutcome::Accepted as i32);
+    let status = psychiatry.delivery_status(&sent).await.unwrap();
+    assert_eq!(status.recipients[0].handled.len(), 1);
+    assert_no_cpr_in_logs(&sites, &[CPR_A]);
+}

@@ -133,6 +133,53 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
     assert_eq!(placement.contact.as_ref(), Some(&handler));
     assert!(placement.handled_at_ms >= placement.read_at_ms && placement.read_at_ms > 0);
 
+    // The hospital learns who took its admission, without a phone call: the
+    // municipality's signed business receipt comes back through the outbox.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let learned = loop {
+        let status = sender.delivery_status(&ids[0]).await.unwrap();
+        let handled = status.recipients[0].handled.clone();
+        if !handled.is_empty() {
+            break handled;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no handled receipt: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    assert_eq!(learned[0].inbox, "discharge-coordinators");
+    assert_eq!(learned[0].handler.as_ref(), Some(&handler));
+    assert_eq!(learned[0].handled_at_ms, placement.handled_at_ms);
+    assert_eq!(learned[0].status, v1::HandledStatus::Handled as i32);
+    // Only the admission was handled.
+    for id in &ids[1..] {
+        let status = sender.delivery_status(id).await.unwrap();
+        assert!(status.recipients[0].handled.is_empty());
+    }
+    // A business receipt is the daemon's to send, not a local system's.
+    let forged = v1::Notice {
+        citizen_cpr: CPR.into(),
+        episode_id: String::new(),
+        payload: Some(v1::notice::Payload::Handled(v1::Handled {
+            notice_id: ids[0].clone(),
+            inbox: "x".into(),
+            status: v1::HandledStatus::Handled as i32,
+            handler: Some(handler.clone()),
+            handled_at_ms: 1_767_261_600_000,
+        })),
+    };
+    match staff
+        .submit(Submission::new(forged).idempotency_key("forged").to(psyk))
+        .await
+    {
+        Err(ClientError::InvalidArgument { message }) => {
+            assert!(message.contains("notice.handled"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+
     // Handling in an inbox the item was not routed to names the inbox.
     match staff
         .mark_read(no_show, "discharge-coordinators", "Ane Holm")

@@ -89,6 +89,7 @@ fn content(n: &v1::Notice) -> String {
         Some(Payload::NoShow(p)) => format!("{p:#?}"),
         Some(Payload::PlanChange(p)) => format!("{p:#?}"),
         Some(Payload::Correction(p)) => format!("{p:#?}"),
+        Some(Payload::Handled(p)) => format!("{p:#?}"),
         None => "(no payload)".to_owned(),
     }
 }

@@ -71,13 +71,16 @@ pub async fn mark_handled(
     let handler = request.handler.unwrap_or_default();
     field("handler.name", &handler.name, true, MAX_FIELD)?;
     field("handler.role", &handler.role, false, MAX_FIELD)?;
-    field("handler.phone", &handler.phone, false, MAX_FIELD)?;
+    // Required: the sender learns how to reach the handler (the business
+    // receipt's contact needs a phone number).
+    field("handler.phone", &handler.phone, true, MAX_FIELD)?;
     field("handler.email", &handler.email, false, MAX_FIELD)?;
     field("note", &request.note, false, MAX_NOTE)?;
     let by = handler.name.trim().to_owned();
+    let handled_at_ms = now_ms();
     let handling = v1::Placement {
         note: request.note,
-        contact: Some(handler),
+        contact: Some(handler.clone()),
         ..v1::Placement::default()
     };
     let newly_handled = state
@@ -87,12 +90,92 @@ pub async fn mark_handled(
             &request.inbox,
             Handled {
                 by,
-                at_ms: now_ms(),
+                at_ms: handled_at_ms,
                 handling: handling.encode_to_vec(),
             },
             &actor,
         )
         .await
         .map_err(not_found)?;
+    if newly_handled {
+        tell_the_sender(
+            state,
+            request.cursor,
+            &request.inbox,
+            handler,
+            handled_at_ms,
+            actor,
+        )
+        .await;
+    }
     Ok(v1::MarkHandledResponse { newly_handled })
+}
+
+/// Sends the business receipt (`Handled`) for the item at `cursor` to the
+/// organisation that sent it, through the outbox like any notice. The
+/// idempotency key is derived from (sender, notice, inbox), so asking again
+/// sends nothing twice.
+///
+/// The item is marked handled before this stores the receipt: a crash in
+/// between leaves the item handled without a receipt on its way (logged
+/// here when it fails; not retried at start-up yet).
+async fn tell_the_sender(
+    state: &ApiState,
+    cursor: u64,
+    inbox: &str,
+    handler: v1::Contact,
+    handled_at_ms: crate::Millis,
+    actor: String,
+) {
+    let record = match state
+        .store
+        .inbox_after(cursor.saturating_sub(1), 1, false, None)
+        .await
+    {
+        Ok(mut records) if !records.is_empty() => records.remove(0),
+        Ok(_) => return,
+        Err(error) => {
+            tracing::error!(cursor, %error, "could not read the item to send its handled receipt");
+            return;
+        }
+    };
+    let Some(envelope) = tvaers_proto::open_envelope(&record.envelope) else {
+        // Purged already: nothing to say it about.
+        return;
+    };
+    let Some(original) = envelope.notice else {
+        return;
+    };
+    let key_material = format!("{}\n{}\n{inbox}", envelope.sender, envelope.notice_id);
+    let digest = ring::digest::digest(&ring::digest::SHA256, key_material.as_bytes());
+    let request = v1::SubmitRequest {
+        idempotency_key: format!("handled:{}", hex::encode(&digest.as_ref()[..16])),
+        recipients: vec![envelope.sender.clone()],
+        notice: Some(v1::Notice {
+            citizen_cpr: original.citizen_cpr,
+            episode_id: original.episode_id,
+            payload: Some(v1::notice::Payload::Handled(v1::Handled {
+                notice_id: envelope.notice_id.clone(),
+                inbox: inbox.to_owned(),
+                status: v1::HandledStatus::Handled as i32,
+                handler: Some(handler),
+                handled_at_ms,
+            })),
+        }),
+        ttl_seconds: 0,
+    };
+    match super::submit::store_and_send(state, request, actor).await {
+        Ok(sent) => tracing::info!(
+            notice_id = %envelope.notice_id,
+            receipt_id = %sent.notice_id,
+            to = %envelope.sender,
+            "handled receipt on its way to the sender"
+        ),
+        Err(error) => tracing::warn!(
+            notice_id = %envelope.notice_id,
+            to = %envelope.sender,
+            %error,
+            "could not send the handled receipt"
+        ),
+    }
 }

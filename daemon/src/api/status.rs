@@ -1,6 +1,7 @@
 //! `DeliveryStatus`: where a notice is, per recipient, from the store, with
 //! the peer's current connection trouble filled in for rows still waiting.
 
+use prost::Message;
 use tonic::Status;
 use tvaers_proto::v1;
 
@@ -22,6 +23,11 @@ pub async fn delivery_status(
             request.notice_id
         )));
     };
+    let handled = state
+        .store
+        .handled_receipts(&request.notice_id)
+        .await
+        .map_err(|e| super::internal("delivery status", e))?;
     let drivers = state.peers.drivers().await;
     let recipients = delivery
         .recipients
@@ -33,7 +39,6 @@ pub async fn delivery_status(
                 .flatten()
                 .and_then(|peer| peer.health().last_error);
             v1::RecipientStatus {
-                recipient: row.recipient,
                 state: match row.state {
                     OutboxState::Pending => v1::DeliveryState::Pending,
                     OutboxState::InFlight => v1::DeliveryState::InFlight,
@@ -50,6 +55,12 @@ pub async fn delivery_status(
                 receipt: row
                     .receipt
                     .and_then(|bytes| tvaers_proto::open_receipt(&bytes)),
+                handled: handled
+                    .iter()
+                    .filter(|receipt| receipt.from_org == row.recipient)
+                    .filter_map(|receipt| v1::Handled::decode(receipt.handled.as_slice()).ok())
+                    .collect(),
+                recipient: row.recipient,
                 next_attempt_at_ms: row.next_attempt_at_ms,
             }
         })

@@ -25,6 +25,10 @@ pub enum SubmitError {
     #[error("field `recipients`: {0} is not a configured peer of this site")]
     UnknownRecipient(String),
     #[error(
+        "field `notice.handled`: handled receipts are sent by the daemon when staff mark an item handled (MarkHandled), not submitted"
+    )]
+    DaemonOnly,
+    #[error(
         "idempotency key was already used for a different notice ({notice_id}); use a new key for a new notice"
     )]
     KeyReused { notice_id: String },
@@ -37,7 +41,8 @@ impl From<SubmitError> for Status {
         match &error {
             SubmitError::Invalid(_)
             | SubmitError::TtlTooLong
-            | SubmitError::UnknownRecipient(_) => Status::invalid_argument(error.to_string()),
+            | SubmitError::UnknownRecipient(_)
+            | SubmitError::DaemonOnly => Status::invalid_argument(error.to_string()),
             SubmitError::KeyReused { .. } => Status::already_exists(error.to_string()),
             SubmitError::Store(BatchError::Closed) => Status::unavailable(error.to_string()),
             SubmitError::Store(e) => super::internal("submit", e),
@@ -45,7 +50,23 @@ impl From<SubmitError> for Status {
     }
 }
 
+/// `Submit` from a local system: anything but a business receipt, which
+/// only the daemon sends (see [`super::handling`]).
 pub async fn submit(
+    state: &ApiState,
+    request: v1::SubmitRequest,
+    actor: String,
+) -> Result<v1::SubmitResponse, SubmitError> {
+    let payload = request.notice.as_ref().and_then(|n| n.payload.as_ref());
+    if matches!(payload, Some(v1::notice::Payload::Handled(_))) {
+        return Err(SubmitError::DaemonOnly);
+    }
+    store_and_send(state, request, actor).await
+}
+
+/// Validates, signs, stores and hands a notice to the drivers; answers once
+/// it is on disk.
+pub(crate) async fn store_and_send(
     state: &ApiState,
     request: v1::SubmitRequest,
     actor: String,

@@ -781,6 +781,12 @@ mod tests {
         ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn handled_receipts(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::store::HandledReceipt>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn open_placements(
             &self,
             _: &[String],

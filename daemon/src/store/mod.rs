@@ -203,6 +203,21 @@ pub struct IncomingNotice {
     pub inboxes: Vec<String>,
     /// As `Notice::kind_name` spells it: what deadline rules match on.
     pub kind: String,
+    /// For a business receipt (`Handled`) about a notice we sent: stored
+    /// with it, for the delivery status.
+    pub handled: Option<HandledReceipt>,
+}
+
+/// A peer's business receipt about one of our notices: who took it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandledReceipt {
+    /// Our notice it is about.
+    pub notice_id: String,
+    pub from_org: String,
+    pub inbox: String,
+    /// The encoded `tvaers.v1.Handled`; opaque here.
+    pub handled: Vec<u8>,
+    pub received_at_ms: Millis,
 }
 
 /// A team-inbox item neither handled nor escalated: what the escalation
@@ -384,6 +399,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         at_ms: Millis,
         actor: &str,
     ) -> Result<bool, StoreError>;
+
+    /// The business receipts peers sent about our notice `notice_id`.
+    async fn handled_receipts(&self, notice_id: &str) -> Result<Vec<HandledReceipt>, StoreError>;
 
     /// Items in the team inboxes `inboxes` that are neither handled nor
     /// escalated, oldest first.

@@ -20,9 +20,9 @@ use crate::at_rest::Keyring;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
 
 use super::{
-    AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-    OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store, StoreCounts,
-    StoreError, StoredKey, SubmitOutcome,
+    AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery,
+    OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store,
+    StoreCounts, StoreError, StoredKey, SubmitOutcome,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -235,6 +235,10 @@ impl Store for SealedStore {
 
     async fn record_audit(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         self.inner.record_audit(events).await
+    }
+
+    async fn handled_receipts(&self, notice_id: &str) -> Result<Vec<HandledReceipt>, StoreError> {
+        self.inner.handled_receipts(notice_id).await
     }
 
     async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {

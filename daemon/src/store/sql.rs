@@ -79,7 +79,7 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, Handled, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
+                AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
                 OpenPlacement, OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
             };
 
@@ -1002,6 +1002,28 @@ macro_rules! sql_store {
                             .map_err(error)?;
                     }
 
+                    let receipts: Vec<&HandledReceipt> = firsts
+                        .iter()
+                        .map(|&index| &batch[index])
+                        .filter(|notice| stored.contains_key(&(notice.sender.clone(), notice.notice_id.clone())))
+                        .filter_map(|notice| notice.handled.as_ref())
+                        .collect();
+                    for chunk in receipts.chunks(rows_per_chunk($max_binds, 5)) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO handled_receipts (notice_id, from_org, inbox, handled, received_at_ms) ",
+                        );
+                        query.push_values(chunk, |mut row, receipt| {
+                            row.push_bind(receipt.notice_id.as_str())
+                                .push_bind(receipt.from_org.as_str())
+                                .push_bind(receipt.inbox.as_str())
+                                .push_bind(receipt.handled.as_slice())
+                                .push_bind(receipt.received_at_ms);
+                        });
+                        // The first receipt for a team stays, like the first handler.
+                        query.push(" ON CONFLICT (notice_id, from_org, inbox) DO NOTHING");
+                        query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
+                    }
+
                     let events = batch
                         .iter()
                         .enumerate()
@@ -1178,6 +1200,29 @@ macro_rules! sql_store {
                     }
                     tx.commit().await.map_err(error)?;
                     Ok(newly)
+                }
+
+                async fn handled_receipts(&self, notice_id: &str) -> Result<Vec<HandledReceipt>, StoreError> {
+                    const OP: &str = "handled_receipts";
+                    let error = query_error(OP);
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT notice_id, from_org, inbox, handled, received_at_ms FROM handled_receipts \
+                         WHERE notice_id = ",
+                    );
+                    query.push_bind(notice_id);
+                    query.push(" ORDER BY received_at_ms, from_org, inbox");
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(HandledReceipt {
+                                notice_id: row.try_get(0).map_err(error)?,
+                                from_org: row.try_get(1).map_err(error)?,
+                                inbox: row.try_get(2).map_err(error)?,
+                                handled: row.try_get(3).map_err(error)?,
+                                received_at_ms: row.try_get(4).map_err(error)?,
+                            })
+                        })
+                        .collect()
                 }
 
                 async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {

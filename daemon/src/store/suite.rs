@@ -90,6 +90,7 @@ pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> Incomin
         citizen: Some(citizen_of(notice_id)),
         inboxes: vec!["main".to_owned()],
         kind: "admission".to_owned(),
+        handled: None,
     }
 }
 
@@ -1533,6 +1534,48 @@ pub(crate) async fn escalation_moves_an_open_item_once_and_never_a_handled_one(s
     assert_eq!(last[0].event.notice_id.as_deref(), Some("in-1"));
 }
 
+/// A business receipt is stored with the item that carries it, once per
+/// (notice, peer, team), and found by the notice it is about.
+pub(crate) async fn handled_receipts_are_stored_with_their_item_once_per_team(store: &dyn Store) {
+    let receipt = |inbox: &str, bytes: &[u8]| super::HandledReceipt {
+        notice_id: "ours-1".into(),
+        from_org: "org-x".into(),
+        inbox: inbox.into(),
+        handled: bytes.to_vec(),
+        received_at_ms: RECEIVED_AT,
+    };
+    let mut first = incoming("org-x", "hr-1", b"r-1");
+    first.handled = Some(receipt("coordinators", b"first"));
+    first.inboxes = Vec::new();
+    let mut again = incoming("org-x", "hr-2", b"r-2");
+    again.handled = Some(receipt("coordinators", b"second"));
+    let mut other_team = incoming("org-x", "hr-3", b"r-3");
+    other_team.handled = Some(receipt("caseworkers", b"third"));
+    // A resend of the first is a duplicate and stores nothing new.
+    let mut resent = incoming("org-x", "hr-1", b"r-1");
+    resent.handled = Some(receipt("leads", b"resent"));
+    store
+        .accept_inbox(vec![first, again, other_team, resent])
+        .await
+        .unwrap();
+    let found = store.handled_receipts("ours-1").await.unwrap();
+    let teams: Vec<(&str, &[u8])> = found
+        .iter()
+        .map(|r| (r.inbox.as_str(), r.handled.as_slice()))
+        .collect();
+    assert_eq!(
+        teams,
+        [
+            ("caseworkers", &b"third"[..]),
+            ("coordinators", &b"first"[..])
+        ]
+    );
+    assert!(store.handled_receipts("ours-2").await.unwrap().is_empty());
+    // The carrying item has no team inbox.
+    let items = store.inbox_after(0, 10, false, Some("main")).await.unwrap();
+    assert_eq!(items.len(), 2, "hr-2 and hr-3 went to main, hr-1 nowhere");
+}
+
 /// The outbox rows of one notice, keyed by recipient.
 async fn outbox_rows(store: &dyn Store, notice_id: &str) -> Vec<OutboxItem> {
     let mut rows = store
@@ -1863,6 +1906,7 @@ macro_rules! store_suite {
             a_rolled_back_write_leaves_no_audit_entry,
             team_inboxes_place_items_and_keep_the_first_reader_and_handler,
             escalation_moves_an_open_item_once_and_never_a_handled_one,
+            handled_receipts_are_stored_with_their_item_once_per_team,
             purge_bodies_empties_finished_and_acknowledged_bodies_only,
             store_keys_are_created_once,
             replace_store_key_is_compare_and_set,
