@@ -56,6 +56,12 @@ pub enum DaemonError {
     Signing(#[from] SigningError),
     #[error(transparent)]
     KeyFile(#[from] IdentityError),
+    #[error("webhook of inbox {inbox:?}: {source}")]
+    Webhook {
+        inbox: String,
+        #[source]
+        source: crate::webhook::WebhookError,
+    },
     #[error(transparent)]
     AtRest(#[from] AtRestError),
     #[error(
@@ -135,6 +141,18 @@ pub async fn run(
         .ok_or(DaemonError::NoSigningKey)?;
     let signing_key = Arc::new(SigningKey::load(signing_key_path)?);
     check_key_files(&config)?;
+    let hooks = config
+        .webhooks
+        .iter()
+        .map(|hook| {
+            crate::webhook::Hook::load(hook)
+                .map(|loaded| (hook.inbox.clone(), loaded))
+                .map_err(|source| DaemonError::Webhook {
+                    inbox: hook.inbox.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
     let kek = match &config.storage {
         Some(storage) => Kek::load(&storage.kek)?,
         None => return Err(DaemonError::NoStorageKey),
@@ -241,6 +259,7 @@ pub async fn run(
     );
 
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
+    let webhook_wake = newest_cursor_rx.clone();
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
         signing_key: signing_key.clone(),
@@ -249,6 +268,7 @@ pub async fn run(
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
         routing: config.routing.clone(),
+        webhook_inboxes: config.webhooks.iter().map(|h| h.inbox.clone()).collect(),
         store: store.clone(),
         citizen_refs: audit_keys.citizens.clone(),
         newest_cursor,
@@ -319,6 +339,16 @@ pub async fn run(
     .await?;
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
     let purger = crate::retention::spawn(store.clone(), config.retention, shutdown.clone());
+    let webhooks = crate::webhook::spawn(
+        store.clone(),
+        hooks,
+        crate::webhook::Backoff {
+            initial_ms: config.delivery.backoff_initial_ms,
+            max_ms: config.delivery.backoff_max_ms,
+        },
+        webhook_wake,
+        shutdown.clone(),
+    );
 
     tracing::info!(
         org = %config.site.org_id,
@@ -355,6 +385,7 @@ pub async fn run(
     let _ = submit_writer.await;
     let _ = accept_writer.await;
     let _ = purger.await;
+    let _ = webhooks.await;
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

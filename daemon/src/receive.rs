@@ -58,6 +58,9 @@ pub struct Receiver {
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
     /// Which team inboxes an accepted notice goes to.
     pub routing: RoutingTable,
+    /// Team inboxes with a webhook: placing an item there enqueues an
+    /// event (see [`crate::webhook`]).
+    pub webhook_inboxes: Vec<String>,
     /// Where rejections are recorded (see [`crate::audit`]).
     pub store: Arc<dyn Store>,
     pub citizen_refs: CitizenHasher,
@@ -388,7 +391,14 @@ impl Receiver {
             ..Default::default()
         };
         let accepted = self.signing_key.sign_receipt(&accepted);
+        let inboxes = self.routes(peer, kind, envelope.notice.as_ref());
+        let webhooks = inboxes
+            .iter()
+            .filter(|inbox| self.webhook_inboxes.contains(*inbox))
+            .cloned()
+            .collect();
         let incoming = IncomingNotice {
+            webhooks,
             sender: peer.to_owned(),
             notice_id: notice_id.clone(),
             // As received: the signed bytes and the signature, kept as
@@ -397,7 +407,8 @@ impl Receiver {
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
             citizen,
-            inboxes: self.routes(peer, kind, envelope.notice.as_ref()),
+            inboxes,
+            kind: kind.to_owned(),
         };
         match self.inbox.run(incoming).await {
             Ok(outcome) => {
