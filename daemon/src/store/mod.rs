@@ -343,6 +343,8 @@ pub enum WebhookUpdate {
 /// Which events [`Store::list_webhooks`] returns: newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WebhookFilter {
+    /// Only the event with this id.
+    pub id: Option<i64>,
     pub state: Option<WebhookState>,
     pub inbox: Option<String>,
     pub limit: u32,

@@ -1587,6 +1587,10 @@ macro_rules! sql_store {
                     const OP: &str = "list_webhooks";
                     let mut query = QueryBuilder::<$db>::new(WEBHOOK_EVENT_SELECT);
                     query.push(" WHERE 1 = 1");
+                    if let Some(id) = filter.id {
+                        query.push(" AND w.id = ");
+                        query.push_bind(id);
+                    }
                     if let Some(state) = filter.state {
                         query.push(" AND w.state = ");
                         query.push_bind(state.as_str());

@@ -1743,6 +1743,7 @@ impl<G, S> Fresh for Option<(G, S)> {
 
 fn webhook_filter(state: Option<WebhookState>, inbox: Option<&str>) -> WebhookFilter {
     WebhookFilter {
+        id: None,
         state,
         inbox: inbox.map(str::to_owned),
         limit: 100,
