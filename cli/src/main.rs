@@ -15,8 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    audit, card as card_cmd, inbox, init, keys, outbox, peer, purge, send, status, verify,
-    webhooks,
+    audit, card as card_cmd, inbox, init, keys, outbox, peer, purge, send, status, verify, webhooks,
 };
 use crate::error::exit;
 use crate::output::Output;
