@@ -820,6 +820,9 @@ mod tests {
         ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn claim_webhooks(
             &self,
             _: Millis,

@@ -478,6 +478,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         actor: &str,
     ) -> Result<bool, StoreError>;
 
+    /// The highest inbox cursor stored (0 when the inbox is empty).
+    async fn newest_inbox_cursor(&self) -> Result<u64, StoreError>;
+
     /// Inbox items with this notice id (one per sender that used it).
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;
 

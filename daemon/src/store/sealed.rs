@@ -169,6 +169,10 @@ impl Store for SealedStore {
             .collect()
     }
 
+    async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
+        self.inner.newest_inbox_cursor().await
+    }
+
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
         let records = self.inner.inbox_by_notice(notice_id).await?;
         records

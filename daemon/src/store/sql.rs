@@ -1169,6 +1169,15 @@ macro_rules! sql_store {
                     with_placements(&self.pool, OP, records).await
                 }
 
+                async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
+                    const OP: &str = "newest_inbox_cursor";
+                    let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(cursor), 0) FROM inbox")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(query_error(OP))?;
+                    parse_cursor(newest)
+                }
+
                 async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
                     const OP: &str = "inbox_by_notice";
                     let mut query = QueryBuilder::<$db>::new(INBOX_RECORD_SELECT);

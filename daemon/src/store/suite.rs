@@ -2014,6 +2014,27 @@ pub(crate) async fn webhook_claims_are_oldest_first_and_bounded(store: &dyn Stor
     );
 }
 
+/// The newest cursor is 0 for an empty inbox, then the highest stored; a
+/// duplicate does not move it.
+pub(crate) async fn newest_inbox_cursor_follows_accepts(store: &dyn Store) {
+    assert_eq!(store.newest_inbox_cursor().await.unwrap(), 0);
+    let accepted = store
+        .accept_inbox(vec![
+            incoming("org-x", "in-1", b"r-1"),
+            incoming("org-y", "in-2", b"r-2"),
+        ])
+        .await
+        .unwrap();
+    let newest = accepted[1].cursor;
+    assert!(newest > accepted[0].cursor);
+    assert_eq!(store.newest_inbox_cursor().await.unwrap(), newest);
+    store
+        .accept_inbox(vec![incoming("org-x", "in-1", b"r-1")])
+        .await
+        .unwrap();
+    assert_eq!(store.newest_inbox_cursor().await.unwrap(), newest);
+}
+
 /// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
 /// expression (evaluated afresh for each test) that awaits to
 /// `(guard, store)`, or to `Option<(guard, store)>` where `None` skips the
@@ -2051,6 +2072,7 @@ macro_rules! store_suite {
             replace_store_key_is_compare_and_set,
             webhook_events_queue_with_their_placement,
             webhook_claims_are_oldest_first_and_bounded,
+            newest_inbox_cursor_follows_accepts,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
