@@ -1401,6 +1401,87 @@ holidays = ["2026-12-24"]
     }
 
     #[test]
+    fn webhooks_are_read_per_inbox_and_checked() {
+        let hooks = r#"
+[inboxes]
+default = "caseworkers"
+
+[[inboxes.routes]]
+kinds = ["admission"]
+to = ["discharge-coordinators"]
+
+[[inboxes.webhooks]]
+inbox = "discharge-coordinators"
+url = "http://127.0.0.1:8080/tvaers"
+secret_file = "keys/webhook.secret"
+
+[[inboxes.webhooks]]
+inbox = "caseworkers"
+url = "http://127.0.0.1:8081/"
+secret_file = "/etc/tvaers/cw.secret"
+max_attempts = 2
+"#;
+        let c = Config::parse(Path::new("/etc/site/x.toml"), &format!("{GOOD}{hooks}")).unwrap();
+        assert_eq!(
+            c.webhooks,
+            [
+                WebhookConfig {
+                    inbox: "discharge-coordinators".into(),
+                    url: "http://127.0.0.1:8080/tvaers".into(),
+                    secret_file: PathBuf::from("/etc/site/keys/webhook.secret"),
+                    max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+                },
+                WebhookConfig {
+                    inbox: "caseworkers".into(),
+                    url: "http://127.0.0.1:8081/".into(),
+                    secret_file: PathBuf::from("/etc/tvaers/cw.secret"),
+                    max_attempts: 2,
+                },
+            ]
+        );
+        assert!(
+            Config::parse(Path::new("x.toml"), GOOD)
+                .unwrap()
+                .webhooks
+                .is_empty()
+        );
+
+        for (from, to, key) in [
+            (
+                "inbox = \"caseworkers\"",
+                "inbox = \"nobody\"",
+                "inboxes.webhooks[1].inbox",
+            ),
+            (
+                "inbox = \"caseworkers\"",
+                "inbox = \"discharge-coordinators\"",
+                "inboxes.webhooks[1].inbox",
+            ),
+            (
+                "http://127.0.0.1:8081/",
+                "https://127.0.0.1:8081/",
+                "inboxes.webhooks[1].url",
+            ),
+            (
+                "max_attempts = 2",
+                "max_attempts = 0",
+                "inboxes.webhooks[1].max_attempts",
+            ),
+        ] {
+            let bad = format!("{GOOD}{}", hooks.replace(from, to));
+            let e = Config::parse(Path::new("x.toml"), &bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{key}: {e}");
+        }
+        let unknown = format!(
+            "{GOOD}{}",
+            hooks.replace("max_attempts = 2", "include_body = true")
+        );
+        assert!(Config::parse(Path::new("x.toml"), &unknown).is_err());
+    }
+
+    #[test]
     fn inbox_errors_name_the_key_and_the_kind() {
         let with = |inboxes: &str| format!("{GOOD}{inboxes}");
         let err = |text: String| {

@@ -97,15 +97,19 @@ impl DaemonError {
     /// fault: `tvaersd` exits with 2 then, as for a bad config file.
     pub fn is_configuration(&self) -> bool {
         match self {
-            DaemonError::KeyFile(_) | DaemonError::NoStorageKey | DaemonError::NoSigningKey => true,
+            DaemonError::KeyFile(_)
+            | DaemonError::NoStorageKey
+            | DaemonError::NoSigningKey
+            | DaemonError::Webhook { .. } => true,
             DaemonError::AtRest(error) => error.is_configuration(),
             _ => false,
         }
     }
 }
 
-/// Refuses private key files (TLS key, signing key, KEK file) that group or
-/// others may read or write, before any of them is used.
+/// Refuses private key files (TLS key, signing key, KEK file, webhook
+/// secrets) that group or others may read or write, before any of them is
+/// used.
 pub fn check_key_files(config: &Config) -> Result<(), DaemonError> {
     let mut files = vec![&config.transport.private_key];
     files.extend(config.site.signing_key.as_ref());
@@ -115,6 +119,7 @@ pub fn check_key_files(config: &Config) -> Result<(), DaemonError> {
     {
         files.push(path);
     }
+    files.extend(config.webhooks.iter().map(|hook| &hook.secret_file));
     for path in files {
         crate::identity::check_owner_only(path)?;
     }

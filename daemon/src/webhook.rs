@@ -58,8 +58,6 @@ pub enum WebhookError {
     },
     #[error("the webhook secret {0} is empty")]
     EmptySecret(PathBuf),
-    #[error("the webhook secret {0}: {1}")]
-    SecretPermissions(PathBuf, #[source] crate::identity::IdentityError),
     #[error("cannot connect to {authority}: {reason}")]
     Connect { authority: String, reason: String },
     #[error("no answer from {authority} within {seconds} s")]
@@ -199,10 +197,9 @@ pub fn signature(key: &ring::hmac::Key, timestamp: i64, body: &[u8]) -> String {
 }
 
 /// Reads a webhook secret: the file's bytes, surrounding whitespace
-/// trimmed, owner-only.
+/// trimmed. Its mode (owner-only) is checked with the other key files by
+/// [`crate::daemon::check_key_files`].
 pub fn load_secret(path: &Path) -> Result<ring::hmac::Key, WebhookError> {
-    crate::identity::check_owner_only(path)
-        .map_err(|e| WebhookError::SecretPermissions(path.to_owned(), e))?;
     let bytes = std::fs::read(path).map_err(|source| WebhookError::Secret {
         path: path.to_owned(),
         source,
