@@ -319,6 +319,11 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        if hooks.is_empty() {
+            // Nothing to send to: no claiming transaction every second.
+            // Events of an inbox whose webhook was removed wait for it.
+            return;
+        }
         let mut rng = fastrand::Rng::new();
         loop {
             newest_cursor.borrow_and_update();
@@ -349,6 +354,8 @@ pub fn spawn(
                     }
                     None => Err(NO_WEBHOOK.to_owned()),
                 };
+                // An event of an inbox whose webhook was removed is given up at
+                // once, with a reason an operator can act on (add it back, retry).
                 let max_attempts = hooks.get(&event.inbox).map_or(1, |hook| hook.max_attempts);
                 if let Err(error) = &result {
                     tracing::info!(
