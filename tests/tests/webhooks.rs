@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tvaers_client::{Submission, v1};
-use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites, cli_binary, cpr_leaks, free_port};
+use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites, cli_binary, cpr_leaks, free_port, http_get};
 use tvaers_proto::validate::sample;
 
 const CPR: &str = "0707814321";
@@ -329,6 +329,7 @@ async fn events_are_dead_lettered_after_max_attempts_and_can_be_retried() {
     let port = free_port().unwrap();
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
     configure(&sites, port, 2);
+    let metrics = sites.enable_metrics(kommune).unwrap();
     sites.start_all().await.unwrap();
 
     let admission = send(&sites, "d-1", sample::admission(CPR)).await;
@@ -349,6 +350,15 @@ async fn events_are_dead_lettered_after_max_attempts_and_can_be_retried() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(events(&sites, "dead").await[0].attempts, 2);
     assert!(events(&sites, "pending").await.is_empty());
+    let (status, text) = http_get(metrics, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        r#"tvaers_webhook_events{inbox="discharge-coordinators",state="dead"} 1"#,
+        r#"tvaers_webhook_events{inbox="discharge-coordinators",state="pending"} 0"#,
+        r#"tvaers_webhook_events{inbox="discharge-coordinators",state="delivered"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 
     let config = sites.site(kommune).config.clone();
     let listed = tokio::task::spawn_blocking({
