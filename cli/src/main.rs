@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    audit, card as card_cmd, inbox, init, keys, outbox, peer, purge, send, status, verify,
+    audit, card as card_cmd, inbox, init, keys, outbox, peer, purge, send, status, verify, webhooks,
 };
 use crate::error::exit;
 use crate::output::Output;
@@ -76,6 +76,9 @@ enum Command {
     /// Notices this site received: list, show, acknowledge.
     #[command(subcommand)]
     Inbox(inbox::InboxCommand),
+    /// Webhook events of team inboxes: list, retry a dead one.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Send a notice by hand, to try a set-up.
     #[command(subcommand)]
     Send(Box<send::SendCommand>),
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             Command::Status => status::run(&config, out).await,
             Command::Outbox(c) => outbox::run(c, &config, out).await,
             Command::Inbox(c) => inbox::run(c, &config, out).await,
+            Command::Webhooks(c) => webhooks::run(c, &config, out).await,
             Command::Send(c) => send::run(*c, &config, out).await,
             Command::Audit(c) => audit::run(c, &config, out).await,
             Command::Verify { notice_id } => verify::run(notice_id, &config, out).await,

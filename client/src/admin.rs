@@ -78,6 +78,29 @@ impl AdminClient {
             .map_err(|s| self.map(s))
     }
 
+    /// Webhook events, newest first.
+    pub async fn list_webhooks(
+        &self,
+        request: v1::ListWebhooksRequest,
+    ) -> Result<Vec<v1::WebhookEventRow>, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .list_webhooks(request)
+            .await
+            .map(|r| r.into_inner().events)
+            .map_err(|s| self.map(s))
+    }
+
+    /// Sends a dead webhook event again.
+    pub async fn retry_webhook(&self, id: i64) -> Result<v1::RetryWebhookResponse, ClientError> {
+        let mut inner = self.inner.clone();
+        inner
+            .retry_webhook(v1::RetryWebhookRequest { id })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.map(s))
+    }
+
     /// Checks the audit log's chain from its first entry to its head.
     pub async fn audit_verify(&self) -> Result<v1::AuditVerifyResponse, ClientError> {
         let mut inner = self.inner.clone();

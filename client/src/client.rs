@@ -244,15 +244,28 @@ impl Client {
     /// Read it with [`StreamExt::next`](crate::StreamExt::next); see
     /// [`InboxStream`] for resuming after a disconnect.
     pub fn inbox_stream(&self, after_cursor: u64) -> InboxStream {
+        self.stream(String::new(), Some(after_cursor))
+    }
+
+    /// Like [`inbox_stream`](Self::inbox_stream), only the items routed to
+    /// one team inbox, after `after_cursor` or, with `None`, only those
+    /// arriving from now on. Resume with `client.team_inbox_stream(inbox,
+    /// Some(stream.last_cursor()))` once an item was seen.
+    pub fn team_inbox_stream(&self, inbox: &str, after_cursor: Option<u64>) -> InboxStream {
+        self.stream(inbox.to_owned(), after_cursor)
+    }
+
+    fn stream(&self, inbox: String, after_cursor: Option<u64>) -> InboxStream {
         let mut inner = self.inner.clone();
         let open = Box::pin(async move {
             let request = v1::StreamInboxRequest {
-                after_cursor,
-                inbox: String::new(),
+                after_cursor: after_cursor.unwrap_or_default(),
+                inbox,
+                from_newest: after_cursor.is_none(),
             };
             Ok(inner.stream_inbox(request).await?.into_inner())
         });
-        InboxStream::new(open, self.target.clone(), after_cursor)
+        InboxStream::new(open, self.target.clone(), after_cursor.unwrap_or_default())
     }
 
     /// Records that `reader` (a staff member, as the local system names

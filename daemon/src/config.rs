@@ -118,7 +118,25 @@ pub struct Config {
     /// Handling deadlines per inbox and kind (`[[inboxes.deadlines]]`),
     /// counted in `[working_hours]`.
     pub escalation: EscalationPolicy,
+    /// Webhooks per team inbox (`[[inboxes.webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
 }
+
+/// One `[[inboxes.webhooks]]` entry: where to POST an event for each item
+/// placed in `inbox`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub inbox: String,
+    /// `http://HOST[:PORT]/PATH`, checked at load.
+    pub url: String,
+    /// The HMAC-SHA256 key (mode 0600), read when the daemon starts.
+    pub secret_file: PathBuf,
+    /// Attempts before an event is dead-lettered (at least 1).
+    pub max_attempts: u32,
+}
+
+/// Attempts a webhook event gets when its entry does not say.
+pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct Site {
@@ -301,6 +319,63 @@ struct FileInboxes {
     routes: Vec<FileRoute>,
     #[serde(default)]
     deadlines: Vec<FileDeadline>,
+    #[serde(default)]
+    webhooks: Vec<FileWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    inbox: String,
+    url: String,
+    secret_file: PathBuf,
+    #[serde(default = "default_webhook_max_attempts")]
+    max_attempts: u32,
+}
+
+fn default_webhook_max_attempts() -> u32 {
+    DEFAULT_WEBHOOK_MAX_ATTEMPTS
+}
+
+/// `[[inboxes.webhooks]]` checked against the inboxes `routing` fills;
+/// errors as (key, problem).
+fn webhooks(
+    file: Option<&FileInboxes>,
+    routing: &RoutingTable,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<Vec<WebhookConfig>, (String, String)> {
+    let Some(file) = file else {
+        return Ok(Vec::new());
+    };
+    let known = routing.inboxes();
+    let mut hooks: Vec<WebhookConfig> = Vec::with_capacity(file.webhooks.len());
+    for (index, hook) in file.webhooks.iter().enumerate() {
+        let at =
+            |field: &str, problem: String| (format!("inboxes.webhooks[{index}].{field}"), problem);
+        if !known.contains(&hook.inbox.as_str()) {
+            return Err(at(
+                "inbox",
+                format!("no route or default fills inbox {:?}", hook.inbox),
+            ));
+        }
+        if hooks.iter().any(|h| h.inbox == hook.inbox) {
+            return Err(at(
+                "inbox",
+                format!("inbox {:?} has a webhook already", hook.inbox),
+            ));
+        }
+        crate::webhook::Target::parse(&hook.url).map_err(|e| at("url", e.to_string()))?;
+        if hook.max_attempts == 0 {
+            return Err(at("max_attempts", "must be at least 1".into()));
+        }
+        hooks.push(WebhookConfig {
+            inbox: hook.inbox.clone(),
+            url: hook.url.clone(),
+            secret_file: resolve(&hook.secret_file),
+            max_attempts: hook.max_attempts,
+        });
+    }
+    Ok(hooks)
 }
 
 /// Lists default to empty so that a missing `to` is reported by
@@ -902,6 +977,8 @@ impl Config {
             &file.working_hours.unwrap_or_default(),
         )
         .map_err(|(key, problem)| invalid(&key, problem))?;
+        let webhooks = webhooks(file.inboxes.as_ref(), &routing, resolve)
+            .map_err(|(key, problem)| invalid(&key, problem))?;
 
         Ok(Config {
             path: path.to_owned(),
@@ -945,6 +1022,7 @@ impl Config {
             peers,
             routing,
             escalation,
+            webhooks,
         })
     }
 
@@ -1320,6 +1398,87 @@ holidays = ["2026-12-24"]
             format_time(hours.deadline(wednesday, 4 * 3_600_000)),
             "2026-12-28T09:30:00Z"
         );
+    }
+
+    #[test]
+    fn webhooks_are_read_per_inbox_and_checked() {
+        let hooks = r#"
+[inboxes]
+default = "caseworkers"
+
+[[inboxes.routes]]
+kinds = ["admission"]
+to = ["discharge-coordinators"]
+
+[[inboxes.webhooks]]
+inbox = "discharge-coordinators"
+url = "http://127.0.0.1:8080/tvaers"
+secret_file = "keys/webhook.secret"
+
+[[inboxes.webhooks]]
+inbox = "caseworkers"
+url = "http://127.0.0.1:8081/"
+secret_file = "/etc/tvaers/cw.secret"
+max_attempts = 2
+"#;
+        let c = Config::parse(Path::new("/etc/site/x.toml"), &format!("{GOOD}{hooks}")).unwrap();
+        assert_eq!(
+            c.webhooks,
+            [
+                WebhookConfig {
+                    inbox: "discharge-coordinators".into(),
+                    url: "http://127.0.0.1:8080/tvaers".into(),
+                    secret_file: PathBuf::from("/etc/site/keys/webhook.secret"),
+                    max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+                },
+                WebhookConfig {
+                    inbox: "caseworkers".into(),
+                    url: "http://127.0.0.1:8081/".into(),
+                    secret_file: PathBuf::from("/etc/tvaers/cw.secret"),
+                    max_attempts: 2,
+                },
+            ]
+        );
+        assert!(
+            Config::parse(Path::new("x.toml"), GOOD)
+                .unwrap()
+                .webhooks
+                .is_empty()
+        );
+
+        for (from, to, key) in [
+            (
+                "inbox = \"caseworkers\"",
+                "inbox = \"nobody\"",
+                "inboxes.webhooks[1].inbox",
+            ),
+            (
+                "inbox = \"caseworkers\"",
+                "inbox = \"discharge-coordinators\"",
+                "inboxes.webhooks[1].inbox",
+            ),
+            (
+                "http://127.0.0.1:8081/",
+                "https://127.0.0.1:8081/",
+                "inboxes.webhooks[1].url",
+            ),
+            (
+                "max_attempts = 2",
+                "max_attempts = 0",
+                "inboxes.webhooks[1].max_attempts",
+            ),
+        ] {
+            let bad = format!("{GOOD}{}", hooks.replace(from, to));
+            let e = Config::parse(Path::new("x.toml"), &bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{key}: {e}");
+        }
+        let unknown = format!(
+            "{GOOD}{}",
+            hooks.replace("max_attempts = 2", "include_body = true")
+        );
+        assert!(Config::parse(Path::new("x.toml"), &unknown).is_err());
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub enum DaemonError {
     Signing(#[from] SigningError),
     #[error(transparent)]
     KeyFile(#[from] IdentityError),
+    #[error("webhook of inbox {inbox:?}: {source}")]
+    Webhook {
+        inbox: String,
+        #[source]
+        source: crate::webhook::WebhookError,
+    },
     #[error(transparent)]
     AtRest(#[from] AtRestError),
     #[error(
@@ -91,15 +97,19 @@ impl DaemonError {
     /// fault: `tvaersd` exits with 2 then, as for a bad config file.
     pub fn is_configuration(&self) -> bool {
         match self {
-            DaemonError::KeyFile(_) | DaemonError::NoStorageKey | DaemonError::NoSigningKey => true,
+            DaemonError::KeyFile(_)
+            | DaemonError::NoStorageKey
+            | DaemonError::NoSigningKey
+            | DaemonError::Webhook { .. } => true,
             DaemonError::AtRest(error) => error.is_configuration(),
             _ => false,
         }
     }
 }
 
-/// Refuses private key files (TLS key, signing key, KEK file) that group or
-/// others may read or write, before any of them is used.
+/// Refuses private key files (TLS key, signing key, KEK file, webhook
+/// secrets) that group or others may read or write, before any of them is
+/// used.
 pub fn check_key_files(config: &Config) -> Result<(), DaemonError> {
     let mut files = vec![&config.transport.private_key];
     files.extend(config.site.signing_key.as_ref());
@@ -109,6 +119,7 @@ pub fn check_key_files(config: &Config) -> Result<(), DaemonError> {
     {
         files.push(path);
     }
+    files.extend(config.webhooks.iter().map(|hook| &hook.secret_file));
     for path in files {
         crate::identity::check_owner_only(path)?;
     }
@@ -135,6 +146,18 @@ pub async fn run(
         .ok_or(DaemonError::NoSigningKey)?;
     let signing_key = Arc::new(SigningKey::load(signing_key_path)?);
     check_key_files(&config)?;
+    let hooks = config
+        .webhooks
+        .iter()
+        .map(|hook| {
+            crate::webhook::Hook::load(hook)
+                .map(|loaded| (hook.inbox.clone(), loaded))
+                .map_err(|source| DaemonError::Webhook {
+                    inbox: hook.inbox.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
     let kek = match &config.storage {
         Some(storage) => Kek::load(&storage.kek)?,
         None => return Err(DaemonError::NoStorageKey),
@@ -241,6 +264,7 @@ pub async fn run(
     );
 
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
+    let webhook_wake = newest_cursor_rx.clone();
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
         signing_key: signing_key.clone(),
@@ -249,6 +273,7 @@ pub async fn run(
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
         routing: config.routing.clone(),
+        webhook_inboxes: config.webhooks.iter().map(|h| h.inbox.clone()).collect(),
         store: store.clone(),
         citizen_refs: audit_keys.citizens.clone(),
         newest_cursor,
@@ -323,10 +348,20 @@ pub async fn run(
         crate::escalator::spawn(
             store.clone(),
             config.escalation.clone(),
-            newest_cursor_rx,
+            newest_cursor_rx.clone(),
             shutdown.clone(),
         )
     });
+    let webhooks = crate::webhook::spawn(
+        store.clone(),
+        hooks,
+        crate::webhook::Backoff {
+            initial_ms: config.delivery.backoff_initial_ms,
+            max_ms: config.delivery.backoff_max_ms,
+        },
+        webhook_wake,
+        shutdown.clone(),
+    );
 
     tracing::info!(
         org = %config.site.org_id,
@@ -366,6 +401,7 @@ pub async fn run(
     if let Some(escalator) = escalator {
         let _ = escalator.await;
     }
+    let _ = webhooks.await;
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

@@ -11,6 +11,7 @@
 //! | it is routed to staff inboxes | [`routing`] |
 //! | its handling deadline passes | [`escalation`] (no I/O), in [`working_hours`], applied by [`escalator`] |
 //! | it is read from the inbox | [`api::inbox`] |
+//! | the team's own system is told | [`webhook`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
 //! turns the TOML file into typed settings; [`peers`] holds who we exchange
@@ -40,6 +41,7 @@ pub mod routing;
 pub mod signing;
 pub mod store;
 pub mod transport;
+pub mod webhook;
 pub mod working_hours;
 
 /// Wall-clock time as UTC milliseconds since the Unix epoch: the unit every

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;
 use crate::peers::PeerSet;
-use crate::store::Store;
+use crate::store::{Store, WebhookState};
 
 /// The Prometheus text format's content type (what `prometheus-client`
 /// writes: OpenMetrics text, which Prometheus scrapes natively).
@@ -67,6 +67,13 @@ struct PeerState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct InboxState {
+    inbox: String,
+    /// `pending`, `delivered` or `dead`.
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PeerReason {
     peer: String,
     reason: String,
@@ -88,6 +95,7 @@ pub struct Metrics {
     inbox_duplicates: Family<PeerLabel, Counter>,
     inbox_rejected: Family<PeerReason, Counter>,
     outbox_depth: Family<PeerState, Gauge>,
+    webhook_events: Family<InboxState, Gauge>,
     oldest_pending: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     connected: Family<PeerLabel, Gauge>,
     rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
@@ -173,6 +181,12 @@ impl Metrics {
             "Notices to a peer not yet delivered or failed, by state (pending, in_flight), read from the store",
             Family::default(),
         );
+        let webhook_events = registered(
+            &mut registry,
+            "webhook_events",
+            "Webhook events of a team inbox, by state (pending, delivered, dead), read from the store",
+            Family::default(),
+        );
         let oldest_pending = registered(
             &mut registry,
             "outbox_oldest_pending_age_seconds",
@@ -210,6 +224,7 @@ impl Metrics {
             inbox_duplicates,
             inbox_rejected,
             outbox_depth,
+            webhook_events,
             oldest_pending,
             connected,
             rtt,
@@ -322,6 +337,29 @@ impl Metrics {
             }
             Err(error) => {
                 tracing::warn!(%error, "metrics: cannot read inbox counts from the store")
+            }
+        }
+        match sources.store.webhook_counts().await {
+            Ok(counts) => {
+                // Every state of an inbox with events, so a drained state
+                // reads 0 rather than its last value.
+                for inbox in counts.iter().map(|count| &count.inbox) {
+                    for state in WebhookState::ALL {
+                        let n = counts
+                            .iter()
+                            .find(|count| &count.inbox == inbox && count.state == state)
+                            .map_or(0, |count| i64::try_from(count.count).unwrap_or(i64::MAX));
+                        self.webhook_events
+                            .get_or_create(&InboxState {
+                                inbox: inbox.clone(),
+                                state: state.as_str(),
+                            })
+                            .set(n);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "metrics: cannot read webhook counts from the store")
             }
         }
         let mut text = String::new();

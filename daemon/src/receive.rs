@@ -60,6 +60,9 @@ pub struct Receiver {
     pub inbox: GroupCommit<IncomingNotice, AcceptOutcome>,
     /// Which team inboxes an accepted notice goes to.
     pub routing: RoutingTable,
+    /// Team inboxes with a webhook: placing an item there enqueues an
+    /// event (see [`crate::webhook`]).
+    pub webhook_inboxes: Vec<String>,
     /// Where rejections are recorded (see [`crate::audit`]).
     pub store: Arc<dyn Store>,
     pub citizen_refs: CitizenHasher,
@@ -419,7 +422,19 @@ impl Receiver {
             ..Default::default()
         };
         let accepted = self.signing_key.sign_receipt(&accepted);
+        // A business receipt is for the delivery status, not for staff.
+        let inboxes = if handled.is_some() {
+            Vec::new()
+        } else {
+            self.routes(peer, kind, envelope.notice.as_ref())
+        };
+        let webhooks = inboxes
+            .iter()
+            .filter(|inbox| self.webhook_inboxes.contains(*inbox))
+            .cloned()
+            .collect();
         let incoming = IncomingNotice {
+            webhooks,
             sender: peer.to_owned(),
             notice_id: notice_id.clone(),
             // As received: the signed bytes and the signature, kept as
@@ -428,12 +443,7 @@ impl Receiver {
             received_at_ms: now,
             receipt: accepted.encode_to_vec(),
             citizen,
-            // A business receipt is for the delivery status, not for staff.
-            inboxes: if handled.is_some() {
-                Vec::new()
-            } else {
-                self.routes(peer, kind, envelope.notice.as_ref())
-            },
+            inboxes,
             kind: kind.to_owned(),
             handled: handled.map(|handled| HandledReceipt {
                 notice_id: handled.notice_id.clone(),

@@ -1,4 +1,4 @@
-//! `tvaers inbox list | show | ack`, through the local API.
+//! `tvaers inbox list | show | ack | watch`, through the local API.
 //!
 //! Terminals are often logged, so a notice's content (the citizen's CPR
 //! number, health details) is shown only with `--reveal`; by default only
@@ -41,6 +41,18 @@ pub enum InboxCommand {
     },
     /// Mark a received notice as taken care of.
     Ack { cursor: u64 },
+    /// New items of one team inbox as they arrive, one line each (with
+    /// --json one JSON object per line); Ctrl-C ends it.
+    Watch {
+        /// The team inbox, e.g. discharge-coordinators.
+        inbox: String,
+        /// Start after this cursor (default: only items arriving from now on).
+        #[arg(long, value_name = "N")]
+        from_cursor: Option<u64>,
+        /// Also show the CPR number.
+        #[arg(long)]
+        reveal: bool,
+    },
 }
 
 fn item_json(item: &v1::InboxItem, reveal: bool) -> Value {
@@ -143,6 +155,61 @@ fn render(items: &[v1::InboxItem], reveal: bool) -> String {
     text
 }
 
+/// One line of `inbox watch`: cursor, time, kind, sender, notice id, and
+/// with `reveal` the CPR number.
+fn watch_line(item: &v1::InboxItem, reveal: bool) -> String {
+    let notice = item.envelope.as_ref().and_then(|e| e.notice.as_ref());
+    let kind = if item.purged_at_ms != 0 {
+        "(purged)"
+    } else {
+        notice.map_or("-", |n| n.kind_name())
+    };
+    let mut line = format!(
+        "{}  {}  {kind}  from {}  notice {}",
+        item.cursor,
+        time(item.received_at_ms),
+        sender(item),
+        notice_id(item)
+    );
+    if reveal && let Some(n) = notice {
+        line.push_str(&format!("  cpr {}", n.citizen_cpr));
+    }
+    line
+}
+
+async fn watch(
+    client: &tvaers_client::Client,
+    inbox: &str,
+    from_cursor: Option<u64>,
+    reveal: bool,
+    out: Output,
+) -> anyhow::Result<()> {
+    use tvaers_client::StreamExt;
+    let mut stream = client.team_inbox_stream(inbox, from_cursor);
+    if !out.json {
+        eprintln!("Watching inbox {inbox}; Ctrl-C ends.");
+    }
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match item {
+            Some(Ok(item)) => {
+                if out.json {
+                    let mut value = item_json(&item, reveal);
+                    value["inbox"] = json!(inbox);
+                    println!("{value}");
+                } else {
+                    println!("{}", watch_line(&item, reveal));
+                }
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => anyhow::bail!("the daemon ended the stream (it is shutting down)"),
+        }
+    }
+}
+
 pub async fn run(command: InboxCommand, config_path: &Path, out: Output) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let client = local(&config).await?;
@@ -176,6 +243,11 @@ pub async fn run(command: InboxCommand, config_path: &Path, out: Output) -> anyh
                 render(std::slice::from_ref(&item), reveal)
             });
         }
+        InboxCommand::Watch {
+            inbox,
+            from_cursor,
+            reveal,
+        } => watch(&client, &inbox, from_cursor, reveal, out).await?,
         InboxCommand::Ack { cursor } => {
             let newly = client.ack(cursor).await?;
             out.emit(&json!({"cursor": cursor, "newly_acked": newly}), || {

@@ -11,6 +11,7 @@ pub mod purge;
 pub mod send;
 pub mod status;
 pub mod verify;
+pub mod webhooks;
 
 use std::path::Path;
 

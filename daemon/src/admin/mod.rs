@@ -32,6 +32,7 @@ pub mod reload;
 pub mod rewrap;
 pub mod status;
 pub mod verify;
+pub mod webhooks;
 
 /// What the admin calls use.
 #[derive(Debug)]
@@ -145,6 +146,25 @@ impl AdminApi for AdminService {
     ) -> Result<Response<v1::OutboxActionResponse>, Status> {
         let actor = api::actor("admin", &request);
         outbox::cancel(&self.state, request.into_inner(), actor)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<v1::ListWebhooksRequest>,
+    ) -> Result<Response<v1::ListWebhooksResponse>, Status> {
+        webhooks::list(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn retry_webhook(
+        &self,
+        request: Request<v1::RetryWebhookRequest>,
+    ) -> Result<Response<v1::RetryWebhookResponse>, Status> {
+        let actor = api::actor("admin", &request);
+        webhooks::retry(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }

@@ -142,6 +142,15 @@ pub fn stream(
     let (items, out) = tokio::sync::mpsc::channel(PAGE as usize);
     tokio::spawn(async move {
         let mut cursor = request.after_cursor;
+        if request.from_newest {
+            cursor = match state.store.newest_inbox_cursor().await {
+                Ok(newest) => newest,
+                Err(e) => {
+                    let _ = items.send(Err(super::internal("inbox stream", e))).await;
+                    return;
+                }
+            };
+        }
         let mut newest = state.newest_cursor.clone();
         loop {
             // Mark the signal seen before reading, so an item stored while

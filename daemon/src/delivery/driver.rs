@@ -681,7 +681,8 @@ mod tests {
     use super::*;
     use crate::store::{
         AcceptOutcome, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox,
-        OutboxFilter, OutboxItem, PurgeReport, StoreCounts, StoredKey, SubmitOutcome,
+        OutboxFilter, OutboxItem, PurgeReport, StoreCounts, StoredKey, SubmitOutcome, WebhookCount,
+        WebhookEvent, WebhookFilter, WebhookUpdate,
     };
     use crate::transport::endpoint::EndpointSettings;
     use crate::transport::tls::{Identity, TrustStore};
@@ -832,6 +833,29 @@ mod tests {
             _: &StoredKey,
             _: StoredKey,
         ) -> Result<bool, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn claim_webhooks(
+            &self,
+            _: Millis,
+            _: Millis,
+            _: u32,
+        ) -> Result<Vec<WebhookEvent>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn update_webhooks(&self, _: Vec<WebhookUpdate>) -> Result<(), StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn list_webhooks(&self, _: WebhookFilter) -> Result<Vec<WebhookEvent>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn retry_webhook(&self, _: i64, _: Millis) -> Result<bool, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}

@@ -648,7 +648,7 @@ impl Machine {
 }
 
 /// `min(initial · 2ⁿ, max)`, without overflow.
-fn backoff(initial: i64, max: i64, n: u32) -> i64 {
+pub(crate) fn backoff(initial: i64, max: i64, n: u32) -> i64 {
     let factor = if n >= 62 { i64::MAX } else { 1_i64 << n };
     initial.max(0).saturating_mul(factor).min(max.max(0))
 }

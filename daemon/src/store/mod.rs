@@ -201,8 +201,11 @@ pub struct IncomingNotice {
     pub citizen: Option<CitizenRef>,
     /// The team inboxes the routing rules place it in (at least one).
     pub inboxes: Vec<String>,
-    /// As `Notice::kind_name` spells it: what deadline rules match on.
+    /// Its notice kind (`admission`, …), kept with its webhook events.
     pub kind: String,
+    /// Those of `inboxes` with a webhook: each gets a pending
+    /// [`WebhookEvent`] in the transaction that places the item.
+    pub webhooks: Vec<String>,
     /// For a business receipt (`Handled`) about a notice we sent: stored
     /// with it, for the delivery status.
     pub handled: Option<HandledReceipt>,
@@ -288,6 +291,101 @@ pub struct InboxRecord {
 pub struct PurgeReport {
     pub outbox_rows: u64,
     pub inbox_items: u64,
+}
+
+/// Where a webhook event is: waiting to be sent (or retried), sent, or
+/// given up after its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WebhookState {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl WebhookState {
+    pub const ALL: [WebhookState; 3] = [
+        WebhookState::Pending,
+        WebhookState::Delivered,
+        WebhookState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookState::Pending => "pending",
+            WebhookState::Delivered => "delivered",
+            WebhookState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => WebhookState::Pending,
+            "delivered" => WebhookState::Delivered,
+            "dead" => WebhookState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// One webhook event: an inbox item placed in a team inbox with a webhook.
+/// The ids and times come from the inbox item; nothing here names the
+/// citizen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    pub id: i64,
+    pub inbox: String,
+    pub cursor: u64,
+    pub notice_id: String,
+    pub sender: String,
+    pub kind: String,
+    pub received_at_ms: Millis,
+    pub state: WebhookState,
+    pub attempts: u32,
+    pub next_attempt_at_ms: Millis,
+    pub last_error: Option<String>,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+}
+
+/// A change to a pending webhook event decided by [`crate::webhook`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookUpdate {
+    Delivered {
+        id: i64,
+        attempts: u32,
+        at_ms: Millis,
+    },
+    Retry {
+        id: i64,
+        attempts: u32,
+        next_attempt_at_ms: Millis,
+        error: String,
+        at_ms: Millis,
+    },
+    Dead {
+        id: i64,
+        attempts: u32,
+        error: String,
+        at_ms: Millis,
+    },
+}
+
+/// Which events [`Store::list_webhooks`] returns: newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookFilter {
+    /// Only the event with this id.
+    pub id: Option<i64>,
+    pub state: Option<WebhookState>,
+    pub inbox: Option<String>,
+    pub limit: u32,
+}
+
+/// How many webhook events one inbox has in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookCount {
+    pub inbox: String,
+    pub state: WebhookState,
+    pub count: u64,
 }
 
 /// Counts for health output.
@@ -429,6 +527,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         actor: &str,
     ) -> Result<bool, StoreError>;
 
+    /// The highest inbox cursor stored (0 when the inbox is empty).
+    async fn newest_inbox_cursor(&self) -> Result<u64, StoreError>;
+
     /// Inbox items with this notice id (one per sender that used it).
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;
 
@@ -479,6 +580,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         expected: &StoredKey,
         new: StoredKey,
     ) -> Result<bool, StoreError>;
+
+    /// Claims pending webhook events due at `now_ms` (oldest first, at most
+    /// `limit`) by moving their next attempt to `lease_until_ms`: a sender
+    /// that dies mid-send leaves them due again then, and a second sender
+    /// does not take them meanwhile.
+    async fn claim_webhooks(
+        &self,
+        now_ms: Millis,
+        lease_until_ms: Millis,
+        limit: u32,
+    ) -> Result<Vec<WebhookEvent>, StoreError>;
+
+    /// Applies send outcomes in one transaction; events no longer pending
+    /// stay as they are.
+    async fn update_webhooks(&self, updates: Vec<WebhookUpdate>) -> Result<(), StoreError>;
+
+    /// Webhook events matching `filter`, newest (highest id) first.
+    async fn list_webhooks(&self, filter: WebhookFilter) -> Result<Vec<WebhookEvent>, StoreError>;
+
+    /// Puts a dead webhook event back to pending (attempts reset, error
+    /// cleared, due at `now_ms`). False when it is not dead.
+    async fn retry_webhook(&self, id: i64, now_ms: Millis) -> Result<bool, StoreError>;
+
+    /// Webhook events per inbox and state, for metrics.
+    async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError>;
 
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);

@@ -22,7 +22,8 @@ use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
 use super::{
     AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery,
     OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store,
-    StoreCounts, StoreError, StoredKey, SubmitOutcome,
+    StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount, WebhookEvent, WebhookFilter,
+    WebhookUpdate,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -178,6 +179,10 @@ impl Store for SealedStore {
             .collect()
     }
 
+    async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
+        self.inner.newest_inbox_cursor().await
+    }
+
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
         let records = self.inner.inbox_by_notice(notice_id).await?;
         records
@@ -291,6 +296,34 @@ impl Store for SealedStore {
         new: StoredKey,
     ) -> Result<bool, StoreError> {
         self.inner.replace_store_key(name, expected, new).await
+    }
+
+    // Webhook events carry ids, kinds and times only: nothing to seal.
+    async fn claim_webhooks(
+        &self,
+        now_ms: Millis,
+        lease_until_ms: Millis,
+        limit: u32,
+    ) -> Result<Vec<WebhookEvent>, StoreError> {
+        self.inner
+            .claim_webhooks(now_ms, lease_until_ms, limit)
+            .await
+    }
+
+    async fn update_webhooks(&self, updates: Vec<WebhookUpdate>) -> Result<(), StoreError> {
+        self.inner.update_webhooks(updates).await
+    }
+
+    async fn list_webhooks(&self, filter: WebhookFilter) -> Result<Vec<WebhookEvent>, StoreError> {
+        self.inner.list_webhooks(filter).await
+    }
+
+    async fn retry_webhook(&self, id: i64, now_ms: Millis) -> Result<bool, StoreError> {
+        self.inner.retry_webhook(id, now_ms).await
+    }
+
+    async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
+        self.inner.webhook_counts().await
     }
 
     async fn close(&self) {

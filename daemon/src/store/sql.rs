@@ -20,7 +20,7 @@
 //! ends, an inherent `async fn close_pools(&self)`, and its parameter limit
 //! per statement.
 
-use super::{OutboxState, StoreError};
+use super::{OutboxState, StoreError, WebhookState};
 
 /// Outbox states an update may still change; `delivered` and `failed` are
 /// final.
@@ -40,6 +40,12 @@ pub(super) fn rows_per_chunk(max_binds: usize, columns: usize) -> usize {
 pub(super) fn parse_state(seq: i64, text: &str) -> Result<OutboxState, StoreError> {
     OutboxState::parse(text)
         .ok_or_else(|| StoreError::Corrupt(format!("outbox row {seq} has unknown state {text:?}")))
+}
+
+pub(super) fn parse_webhook_state(id: i64, text: &str) -> Result<WebhookState, StoreError> {
+    WebhookState::parse(text).ok_or_else(|| {
+        StoreError::Corrupt(format!("webhook event {id} has unknown state {text:?}"))
+    })
 }
 
 pub(super) fn parse_attempts(seq: i64, attempts: i64) -> Result<u32, StoreError> {
@@ -81,7 +87,44 @@ macro_rules! sql_store {
             use $crate::store::{
                 AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
                 OpenPlacement, OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
+                WebhookCount, WebhookEvent, WebhookFilter, WebhookState, WebhookUpdate,
             };
+            use $crate::store::sql::parse_webhook_state;
+
+            /// Columns [`webhook_event`] reads, in its order.
+            const WEBHOOK_EVENT_SELECT: &str =
+                "SELECT w.id, w.inbox, w.cursor, i.notice_id, i.sender, w.kind, i.received_at_ms, \
+                        w.state, w.attempts, w.next_attempt_at_ms, w.last_error, w.created_at_ms, \
+                        w.updated_at_ms \
+                 FROM webhook_events w JOIN inbox i ON i.cursor = w.cursor";
+
+            fn webhook_event(
+                operation: &'static str,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<WebhookEvent, StoreError> {
+                let error = query_error(operation);
+                let id: i64 = row.try_get(0).map_err(error)?;
+                let cursor: i64 = row.try_get(2).map_err(error)?;
+                let state: &str = row.try_get(7).map_err(error)?;
+                let attempts: i64 = row.try_get(8).map_err(error)?;
+                Ok(WebhookEvent {
+                    id,
+                    inbox: row.try_get(1).map_err(error)?,
+                    cursor: parse_cursor(cursor)?,
+                    notice_id: row.try_get(3).map_err(error)?,
+                    sender: row.try_get(4).map_err(error)?,
+                    kind: row.try_get(5).map_err(error)?,
+                    received_at_ms: row.try_get(6).map_err(error)?,
+                    state: parse_webhook_state(id, state)?,
+                    attempts: u32::try_from(attempts).map_err(|_| {
+                        StoreError::Corrupt(format!("webhook event {id} has attempt count {attempts} out of range"))
+                    })?,
+                    next_attempt_at_ms: row.try_get(9).map_err(error)?,
+                    last_error: row.try_get(10).map_err(error)?,
+                    created_at_ms: row.try_get(11).map_err(error)?,
+                    updated_at_ms: row.try_get(12).map_err(error)?,
+                })
+            }
 
             /// Columns [`outbox_item`] reads, in its order.
             const OUTBOX_ITEM_SELECT: &str =
@@ -1024,6 +1067,47 @@ macro_rules! sql_store {
                         query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
                     }
 
+                    // A webhook event per new placement in an inbox with a webhook, in
+                    // this transaction: a placement is never without its event.
+                    let hooks: Vec<(i64, &str, &IncomingNotice)> = firsts
+                        .iter()
+                        .filter_map(|&index| {
+                            let notice = &batch[index];
+                            stored
+                                .get(&(notice.sender.clone(), notice.notice_id.clone()))
+                                .map(|&cursor| (cursor, notice))
+                        })
+                        .flat_map(|(cursor, notice)| {
+                            notice
+                                .webhooks
+                                .iter()
+                                .filter(|inbox| notice.inboxes.contains(inbox))
+                                .map(move |inbox| (cursor, inbox.as_str(), notice))
+                        })
+                        .collect();
+                    for chunk in hooks.chunks(rows_per_chunk($max_binds, 6)) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO webhook_events \
+                             (inbox, cursor, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms) ",
+                        );
+                        query.push_values(chunk, |mut row, (cursor, inbox, notice)| {
+                            row.push_bind(*inbox)
+                                .push_bind(*cursor)
+                                .push_bind(notice.kind.as_str())
+                                .push("'pending'")
+                                .push_bind(notice.received_at_ms)
+                                .push_bind(notice.received_at_ms)
+                                .push_bind(notice.received_at_ms);
+                        });
+                        query.push(" ON CONFLICT (cursor, inbox) DO NOTHING");
+                        query
+                            .build()
+                            .persistent(false)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(error)?;
+                    }
+
                     let events = batch
                         .iter()
                         .enumerate()
@@ -1114,6 +1198,15 @@ macro_rules! sql_store {
                     let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
                     let records = rows.iter().map(|row| inbox_record(OP, row)).collect::<Result<Vec<_>, _>>()?;
                     with_placements(&self.pool, OP, records).await
+                }
+
+                async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
+                    const OP: &str = "newest_inbox_cursor";
+                    let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(cursor), 0) FROM inbox")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(query_error(OP))?;
+                    parse_cursor(newest)
                 }
 
                 async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
@@ -1528,6 +1621,156 @@ macro_rules! sql_store {
                     let result = query.build().execute(&mut *tx).await.map_err(error)?;
                     tx.commit().await.map_err(error)?;
                     Ok(result.rows_affected() == 1)
+                }
+
+                async fn claim_webhooks(
+                    &self,
+                    now_ms: Millis,
+                    lease_until_ms: Millis,
+                    limit: u32,
+                ) -> Result<Vec<WebhookEvent>, StoreError> {
+                    const OP: &str = "claim_webhooks";
+                    let error = query_error(OP);
+                    let mut tx = self.begin_write(OP).await?;
+                    // The outer condition is checked again on each row it updates,
+                    // so of two senders racing for an event only one claims it.
+                    let mut query = QueryBuilder::<$db>::new("UPDATE webhook_events SET next_attempt_at_ms = ");
+                    query.push_bind(lease_until_ms);
+                    query.push(", updated_at_ms = ");
+                    query.push_bind(now_ms);
+                    query.push(" WHERE state = 'pending' AND next_attempt_at_ms <= ");
+                    query.push_bind(now_ms);
+                    query.push(
+                        " AND id IN (SELECT id FROM webhook_events \
+                         WHERE state = 'pending' AND next_attempt_at_ms <= ",
+                    );
+                    query.push_bind(now_ms);
+                    query.push(" ORDER BY id LIMIT ");
+                    query.push_bind(i64::from(limit));
+                    query.push(") RETURNING id");
+                    let rows = query.build().fetch_all(&mut *tx).await.map_err(error)?;
+                    let mut ids = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        let id: i64 = row.try_get(0).map_err(error)?;
+                        ids.push(id);
+                    }
+                    let mut claimed = Vec::with_capacity(ids.len());
+                    for chunk in ids.chunks($max_binds) {
+                        let mut query = QueryBuilder::<$db>::new(WEBHOOK_EVENT_SELECT);
+                        query.push(" WHERE w.id IN (");
+                        let mut list = query.separated(", ");
+                        for id in chunk {
+                            list.push_bind(*id);
+                        }
+                        list.push_unseparated(") ORDER BY w.id");
+                        let rows = query.build().persistent(false).fetch_all(&mut *tx).await.map_err(error)?;
+                        for row in &rows {
+                            claimed.push(webhook_event(OP, row)?);
+                        }
+                    }
+                    tx.commit().await.map_err(error)?;
+                    Ok(claimed)
+                }
+
+                async fn update_webhooks(&self, updates: Vec<WebhookUpdate>) -> Result<(), StoreError> {
+                    const OP: &str = "update_webhooks";
+                    let error = query_error(OP);
+                    if updates.is_empty() {
+                        return Ok(());
+                    }
+                    let mut tx = self.begin_write(OP).await?;
+                    for update in updates {
+                        let (id, state, attempts, next, last_error, at_ms) = match update {
+                            WebhookUpdate::Delivered { id, attempts, at_ms } => {
+                                (id, WebhookState::Delivered, attempts, None, None, at_ms)
+                            }
+                            WebhookUpdate::Retry { id, attempts, next_attempt_at_ms, error, at_ms } => {
+                                (id, WebhookState::Pending, attempts, Some(next_attempt_at_ms), Some(error), at_ms)
+                            }
+                            WebhookUpdate::Dead { id, attempts, error, at_ms } => {
+                                (id, WebhookState::Dead, attempts, None, Some(error), at_ms)
+                            }
+                        };
+                        let mut query = QueryBuilder::<$db>::new("UPDATE webhook_events SET state = ");
+                        query.push_bind(state.as_str());
+                        query.push(", attempts = ");
+                        query.push_bind(i64::from(attempts));
+                        if let Some(next) = next {
+                            query.push(", next_attempt_at_ms = ");
+                            query.push_bind(next);
+                        }
+                        query.push(", last_error = ");
+                        query.push_bind(last_error);
+                        query.push(", updated_at_ms = ");
+                        query.push_bind(at_ms);
+                        query.push(" WHERE id = ");
+                        query.push_bind(id);
+                        query.push(" AND state = 'pending'");
+                        query.build().execute(&mut *tx).await.map_err(error)?;
+                    }
+                    tx.commit().await.map_err(error)
+                }
+
+                async fn list_webhooks(&self, filter: WebhookFilter) -> Result<Vec<WebhookEvent>, StoreError> {
+                    const OP: &str = "list_webhooks";
+                    let mut query = QueryBuilder::<$db>::new(WEBHOOK_EVENT_SELECT);
+                    query.push(" WHERE 1 = 1");
+                    if let Some(id) = filter.id {
+                        query.push(" AND w.id = ");
+                        query.push_bind(id);
+                    }
+                    if let Some(state) = filter.state {
+                        query.push(" AND w.state = ");
+                        query.push_bind(state.as_str());
+                    }
+                    if let Some(inbox) = filter.inbox {
+                        query.push(" AND w.inbox = ");
+                        query.push_bind(inbox);
+                    }
+                    query.push(" ORDER BY w.id DESC LIMIT ");
+                    query.push_bind(i64::from(filter.limit));
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(query_error(OP))?;
+                    rows.iter().map(|row| webhook_event(OP, row)).collect()
+                }
+
+                async fn retry_webhook(&self, id: i64, now_ms: Millis) -> Result<bool, StoreError> {
+                    const OP: &str = "retry_webhook";
+                    let error = query_error(OP);
+                    let mut tx = self.begin_write(OP).await?;
+                    let mut query = QueryBuilder::<$db>::new(
+                        "UPDATE webhook_events SET state = 'pending', attempts = 0, last_error = NULL, \
+                         next_attempt_at_ms = ",
+                    );
+                    query.push_bind(now_ms);
+                    query.push(", updated_at_ms = ");
+                    query.push_bind(now_ms);
+                    query.push(" WHERE state = 'dead' AND id = ");
+                    query.push_bind(id);
+                    let done = query.build().execute(&mut *tx).await.map_err(error)?.rows_affected();
+                    tx.commit().await.map_err(error)?;
+                    Ok(done > 0)
+                }
+
+                async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
+                    const OP: &str = "webhook_counts";
+                    let error = query_error(OP);
+                    let rows = sqlx::query(
+                        "SELECT inbox, state, COUNT(*) FROM webhook_events \
+                         GROUP BY inbox, state ORDER BY inbox, state",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(error)?;
+                    rows.iter()
+                        .map(|row: &<$db as sqlx::Database>::Row| {
+                            let state: &str = row.try_get(1).map_err(error)?;
+                            Ok(WebhookCount {
+                                inbox: row.try_get(0).map_err(error)?,
+                                state: parse_webhook_state(0, state)?,
+                                count: parse_count("webhook", row.try_get(2).map_err(error)?)?,
+                            })
+                        })
+                        .collect()
                 }
 
                 async fn close(&self) {

@@ -369,4 +369,48 @@ mod tests {
         );
         store.close().await;
     }
+
+    /// A webhook event claimed by a daemon that then stopped (mid-send) is
+    /// still in the file after a reopen, and due again once its lease ends.
+    #[tokio::test]
+    async fn webhook_events_survive_a_restart() {
+        use crate::store::{WebhookFilter, WebhookState};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open_for_test(&path).await;
+        let mut notice = suite::incoming("org-x", "in-1", b"r-1");
+        notice.webhooks = vec!["main".into()];
+        store.accept_inbox(vec![notice]).await.expect("accept");
+        let t = suite::RECEIVED_AT;
+        let claimed = store
+            .claim_webhooks(t, t + 60_000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        store.close().await;
+
+        let store = SqliteStore::open_for_test(&path).await;
+        let listed = store
+            .list_webhooks(WebhookFilter {
+                limit: 10,
+                ..WebhookFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, WebhookState::Pending);
+        assert!(
+            store
+                .claim_webhooks(t + 59_999, t + 120_000, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        let again = store
+            .claim_webhooks(t + 60_000, t + 120_000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(again[0].id, claimed[0].id);
+        store.close().await;
+    }
 }

@@ -19,6 +19,7 @@
 use super::{
     IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxItem, OutboxState,
     OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
+    WebhookCount, WebhookFilter, WebhookState, WebhookUpdate,
 };
 use crate::Millis;
 use crate::audit::{
@@ -91,6 +92,7 @@ pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> Incomin
         inboxes: vec!["main".to_owned()],
         kind: "admission".to_owned(),
         handled: None,
+        webhooks: Vec::new(),
     }
 }
 
@@ -1873,6 +1875,300 @@ impl<G, S> Fresh for Option<(G, S)> {
     }
 }
 
+fn webhook_filter(state: Option<WebhookState>, inbox: Option<&str>) -> WebhookFilter {
+    WebhookFilter {
+        id: None,
+        state,
+        inbox: inbox.map(str::to_owned),
+        limit: 100,
+    }
+}
+
+async fn webhook_ids(store: &dyn Store, filter: WebhookFilter) -> Vec<i64> {
+    store
+        .list_webhooks(filter)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| event.id)
+        .collect()
+}
+
+/// Placing an item in an inbox with a webhook writes one pending event with
+/// it (a duplicate copy writes none); it is claimed when due, leased, and
+/// moved through retry, dead, manual retry and delivered; finished events
+/// are not changed back.
+pub(crate) async fn webhook_events_queue_with_their_placement(store: &dyn Store) {
+    let mut hooked = incoming("org-x", "in-1", b"r-1");
+    hooked.inboxes = vec!["discharge-coordinators".into(), "caseworkers".into()];
+    // "team-leads" has a webhook but routing did not place the item there.
+    hooked.webhooks = vec!["discharge-coordinators".into(), "team-leads".into()];
+    hooked.kind = "discharge".into();
+    let plain = incoming("org-x", "in-2", b"r-2");
+    let accepted = store
+        .accept_inbox(vec![hooked.clone(), plain])
+        .await
+        .unwrap();
+    let cursor = accepted[0].cursor;
+
+    let events = store
+        .list_webhooks(webhook_filter(None, None))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = events[0].clone();
+    assert_eq!(event.inbox, "discharge-coordinators");
+    assert_eq!(event.cursor, cursor);
+    assert_eq!(event.notice_id, "in-1");
+    assert_eq!(event.sender, "org-x");
+    assert_eq!(event.kind, "discharge");
+    assert_eq!(event.received_at_ms, RECEIVED_AT);
+    assert_eq!(event.state, WebhookState::Pending);
+    assert_eq!(event.attempts, 0);
+    assert_eq!(event.next_attempt_at_ms, RECEIVED_AT);
+    assert_eq!(event.last_error, None);
+
+    // The same notice again: no second event.
+    store.accept_inbox(vec![hooked]).await.unwrap();
+    assert_eq!(
+        webhook_ids(store, webhook_filter(None, None)).await,
+        [event.id]
+    );
+
+    // Not due before its time; claimed once, then leased.
+    let t = RECEIVED_AT;
+    assert!(
+        store
+            .claim_webhooks(t - 1, t + 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store.claim_webhooks(t, t + 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, event.id);
+    assert_eq!(claimed[0].next_attempt_at_ms, t + 60_000);
+    assert!(
+        store
+            .claim_webhooks(t + 1, t + 60_001, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A sender that died mid-send: the lease runs out and it is due again.
+    assert_eq!(
+        store
+            .claim_webhooks(t + 60_000, t + 120_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    store
+        .update_webhooks(vec![WebhookUpdate::Retry {
+            id: event.id,
+            attempts: 1,
+            next_attempt_at_ms: t + 200_000,
+            error: "HTTP 500".into(),
+            at_ms: t + 60_001,
+        }])
+        .await
+        .unwrap();
+    let retried = &store
+        .list_webhooks(webhook_filter(None, None))
+        .await
+        .unwrap()[0];
+    assert_eq!(retried.state, WebhookState::Pending);
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(retried.updated_at_ms, t + 60_001);
+    assert!(
+        store
+            .claim_webhooks(t + 199_999, t + 300_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_webhooks(t + 200_000, t + 300_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    store
+        .update_webhooks(vec![WebhookUpdate::Dead {
+            id: event.id,
+            attempts: 2,
+            error: "cannot connect".into(),
+            at_ms: t + 200_001,
+        }])
+        .await
+        .unwrap();
+    // Dead is final for the sender: a late outcome does not revive it.
+    store
+        .update_webhooks(vec![WebhookUpdate::Delivered {
+            id: event.id,
+            attempts: 3,
+            at_ms: t + 200_002,
+        }])
+        .await
+        .unwrap();
+    let dead = &store
+        .list_webhooks(webhook_filter(Some(WebhookState::Dead), None))
+        .await
+        .unwrap()[0];
+    assert_eq!(dead.id, event.id);
+    assert_eq!(dead.attempts, 2);
+    assert_eq!(dead.last_error.as_deref(), Some("cannot connect"));
+    assert!(
+        store
+            .claim_webhooks(i64::MAX / 2, i64::MAX / 2, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.webhook_counts().await.unwrap(),
+        [WebhookCount {
+            inbox: "discharge-coordinators".into(),
+            state: WebhookState::Dead,
+            count: 1
+        }]
+    );
+
+    // An operator retries it: pending again, attempts reset, due now.
+    assert!(store.retry_webhook(event.id, t + 300_000).await.unwrap());
+    assert!(!store.retry_webhook(event.id, t + 300_000).await.unwrap());
+    assert!(
+        !store
+            .retry_webhook(event.id + 1000, t + 300_000)
+            .await
+            .unwrap()
+    );
+    let reopened = &store
+        .list_webhooks(webhook_filter(None, None))
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (
+            reopened.state,
+            reopened.attempts,
+            reopened.last_error.clone()
+        ),
+        (WebhookState::Pending, 0, None)
+    );
+    assert_eq!(
+        store
+            .claim_webhooks(t + 300_000, t + 400_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store
+        .update_webhooks(vec![WebhookUpdate::Delivered {
+            id: event.id,
+            attempts: 1,
+            at_ms: t + 300_001,
+        }])
+        .await
+        .unwrap();
+    assert!(!store.retry_webhook(event.id, t + 400_000).await.unwrap());
+    assert_eq!(
+        webhook_ids(store, webhook_filter(Some(WebhookState::Delivered), None)).await,
+        [event.id]
+    );
+    assert!(
+        webhook_ids(store, webhook_filter(Some(WebhookState::Pending), None))
+            .await
+            .is_empty()
+    );
+    assert!(
+        webhook_ids(store, webhook_filter(None, Some("caseworkers")))
+            .await
+            .is_empty()
+    );
+}
+
+/// Claims take the oldest due events first, at most `limit`; listing is
+/// newest first and filtered by inbox.
+pub(crate) async fn webhook_claims_are_oldest_first_and_bounded(store: &dyn Store) {
+    let batch: Vec<IncomingNotice> = (0..5)
+        .map(|n| {
+            let mut notice = incoming("org-x", &format!("in-{n}"), b"r");
+            notice.inboxes = vec!["a".into(), "b".into()];
+            notice.webhooks = vec![if n % 2 == 0 { "a" } else { "b" }.into()];
+            notice
+        })
+        .collect();
+    store.accept_inbox(batch).await.unwrap();
+    let all = webhook_ids(store, webhook_filter(None, None)).await;
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|pair| pair[0] > pair[1]), "{all:?}");
+    assert_eq!(
+        webhook_ids(store, webhook_filter(None, Some("a")))
+            .await
+            .len(),
+        3
+    );
+
+    let first = store
+        .claim_webhooks(RECEIVED_AT, RECEIVED_AT + 1, 2)
+        .await
+        .unwrap();
+    let rest = store
+        .claim_webhooks(RECEIVED_AT, RECEIVED_AT + 1, 10)
+        .await
+        .unwrap();
+    let mut oldest: Vec<i64> = all.clone();
+    oldest.reverse();
+    assert_eq!(
+        first
+            .iter()
+            .chain(&rest)
+            .map(|event| event.id)
+            .collect::<Vec<_>>(),
+        oldest
+    );
+    assert_eq!(first.len(), 2);
+    let counts = store.webhook_counts().await.unwrap();
+    assert_eq!(
+        counts
+            .iter()
+            .map(|c| (c.inbox.as_str(), c.state, c.count))
+            .collect::<Vec<_>>(),
+        [
+            ("a", WebhookState::Pending, 3),
+            ("b", WebhookState::Pending, 2)
+        ]
+    );
+}
+
+/// The newest cursor is 0 for an empty inbox, then the highest stored; a
+/// duplicate does not move it.
+pub(crate) async fn newest_inbox_cursor_follows_accepts(store: &dyn Store) {
+    assert_eq!(store.newest_inbox_cursor().await.unwrap(), 0);
+    let accepted = store
+        .accept_inbox(vec![
+            incoming("org-x", "in-1", b"r-1"),
+            incoming("org-y", "in-2", b"r-2"),
+        ])
+        .await
+        .unwrap();
+    let newest = accepted[1].cursor;
+    assert!(newest > accepted[0].cursor);
+    assert_eq!(store.newest_inbox_cursor().await.unwrap(), newest);
+    store
+        .accept_inbox(vec![incoming("org-x", "in-1", b"r-1")])
+        .await
+        .unwrap();
+    assert_eq!(store.newest_inbox_cursor().await.unwrap(), newest);
+}
+
 /// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
 /// expression (evaluated afresh for each test) that awaits to
 /// `(guard, store)`, or to `Option<(guard, store)>` where `None` skips the
@@ -1910,6 +2206,9 @@ macro_rules! store_suite {
             purge_bodies_empties_finished_and_acknowledged_bodies_only,
             store_keys_are_created_once,
             replace_store_key_is_compare_and_set,
+            webhook_events_queue_with_their_placement,
+            webhook_claims_are_oldest_first_and_bounded,
+            newest_inbox_cursor_follows_accepts,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
