@@ -342,6 +342,13 @@ pub async fn run(
         ),
     )
     .await?;
+    // Handled receipts a crash kept from being stored go out now.
+    let receipts_check = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            crate::api::handling::resend_recent_receipts(&state, state.default_ttl_ms).await;
+        })
+    };
     let api_servers = serve_api(&config, state.clone(), admin, &shutdown)?;
     let purger = crate::retention::spawn(store.clone(), config.retention, shutdown.clone());
     let escalator = (!config.escalation.rules().is_empty()).then(|| {
@@ -392,6 +399,7 @@ pub async fn run(
     }
     peers.stop_all().await;
     drivers_stop.cancel();
+    let _ = receipts_check.await;
     // The last handles to the writers go here; each writer commits what is
     // queued and ends.
     drop(state);

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use tvaers_client::{ClientError, Submission, v1};
 use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
 use tvaers_proto::validate::sample;
@@ -308,4 +310,98 @@ close = "24:00"
         .filter(|e| e.action == "escalated")
         .count();
     assert_eq!(escalations, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    sites
+        .edit_config(kommune, |text| {
+            text.replacen("\n[[peers]]", &format!("{ROUTES}\n[[peers]]"), 1)
+        })
+        .unwrap();
+    sites.start_all().await.unwrap();
+    let sender = sites.client(psyk).await.unwrap();
+    let id = sender
+        .submit(
+            Submission::new(sample::admission(CPR))
+                .idempotency_key("c-1")
+                .to(kommune),
+        )
+        .await
+        .unwrap()
+        .notice_id;
+    assert!(
+        sender
+            .wait_delivered(&id, WAIT)
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+
+    // The hospital is down while the item is handled: the receipt waits in
+    // the municipality's outbox.
+    sites.stop(psyk).await.unwrap();
+    let staff = sites.client(kommune).await.unwrap();
+    let cursor = staff
+        .list_team_inbox("discharge-coordinators", 0, 10)
+        .await
+        .unwrap()[0]
+        .cursor;
+    let handler = v1::Contact {
+        name: "Ane Holm".into(),
+        role: "udskrivningskoordinator".into(),
+        phone: "+45 55 55 12 34".into(),
+        email: String::new(),
+    };
+    assert!(
+        staff
+            .mark_handled(cursor, "discharge-coordinators", handler.clone(), "")
+            .await
+            .unwrap()
+    );
+    // A crash right after marking: the receipt never reached the outbox.
+    sites.kill(kommune).unwrap();
+    let db = sites.site(kommune).dir.join("data/tvaers.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let removed = sqlx::query(
+        "DELETE FROM outbox WHERE notice_id IN \
+         (SELECT notice_id FROM notices WHERE idempotency_key LIKE 'handled:%')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(removed, 1, "the receipt was waiting in the outbox");
+    sqlx::query("DELETE FROM notices WHERE idempotency_key LIKE 'handled:%'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    // Both back: the municipality notices the handled item without a
+    // receipt and sends it, once.
+    sites.start(kommune).await.unwrap();
+    sites.start(psyk).await.unwrap();
+    let sender = sites.client(psyk).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = sender.delivery_status(&id).await.unwrap();
+        if !status.recipients[0].handled.is_empty() {
+            assert_eq!(status.recipients[0].handled.len(), 1);
+            assert_eq!(
+                status.recipients[0].handled[0].handler.as_ref(),
+                Some(&handler)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receipt was not sent again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

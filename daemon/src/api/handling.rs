@@ -111,14 +111,49 @@ pub async fn mark_handled(
     Ok(v1::MarkHandledResponse { newly_handled })
 }
 
+/// Sends again the handled receipts of items handled in the last `window_ms`
+/// (the notices' time to live: an older receipt would expire unsent). The
+/// idempotency key makes this a no-op for every receipt already stored, so
+/// it only fills the gap a crash between marking an item handled and
+/// storing its receipt leaves. Run at start-up.
+pub async fn resend_recent_receipts(state: &ApiState, window_ms: crate::Millis) {
+    let handled = match state.store.handled_since(now_ms() - window_ms).await {
+        Ok(handled) => handled,
+        Err(error) => {
+            tracing::error!(%error, "could not list handled items to check their receipts");
+            return;
+        }
+    };
+    for (cursor, inbox) in handled {
+        let record = match state
+            .store
+            .inbox_after(cursor.saturating_sub(1), 1, false, None)
+            .await
+        {
+            Ok(mut records) if !records.is_empty() => records.remove(0),
+            _ => continue,
+        };
+        let Some(placement) = record.placements.iter().find(|p| p.inbox == inbox) else {
+            continue;
+        };
+        let handling = placement
+            .handling
+            .as_deref()
+            .and_then(|bytes| v1::Placement::decode(bytes).ok())
+            .unwrap_or_default();
+        if let (Some(handler), Some(at_ms)) = (handling.contact, placement.handled_at_ms) {
+            tell_the_sender(state, cursor, &inbox, handler, at_ms, "daemon".to_owned()).await;
+        }
+    }
+}
+
 /// Sends the business receipt (`Handled`) for the item at `cursor` to the
 /// organisation that sent it, through the outbox like any notice. The
 /// idempotency key is derived from (sender, notice, inbox), so asking again
 /// sends nothing twice.
 ///
 /// The item is marked handled before this stores the receipt: a crash in
-/// between leaves the item handled without a receipt on its way (logged
-/// here when it fails; not retried at start-up yet).
+/// between is repaired at the next start by [`resend_recent_receipts`].
 async fn tell_the_sender(
     state: &ApiState,
     cursor: u64,

@@ -788,6 +788,9 @@ mod tests {
         ) -> Result<Vec<crate::store::HandledReceipt>, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn handled_since(&self, _: Millis) -> Result<Vec<(u64, String)>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn open_placements(
             &self,
             _: &[String],

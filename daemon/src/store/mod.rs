@@ -505,6 +505,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// escalated, oldest first.
     async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError>;
 
+    /// Team-inbox items handled at or after `since_ms`, as (cursor, inbox),
+    /// oldest first: whose handled receipts a restart sends again if the
+    /// daemon stopped before storing them.
+    async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError>;
+
     /// Escalates an item whose deadline in `inbox` passed: marks it
     /// escalated there and places it in `escalate_to`, in one transaction.
     /// Returns false (and changes nothing) if it was handled or escalated

@@ -246,6 +246,10 @@ impl Store for SealedStore {
         self.inner.handled_receipts(notice_id).await
     }
 
+    async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
+        self.inner.handled_since(since_ms).await
+    }
+
     async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {
         self.inner.open_placements(inboxes).await
     }

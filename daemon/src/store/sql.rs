@@ -1318,6 +1318,20 @@ macro_rules! sql_store {
                         .collect()
                 }
 
+                async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
+                    const OP: &str = "handled_since";
+                    let error = query_error(OP);
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT cursor, inbox_name FROM inbox_placements WHERE handled_at_ms >= ",
+                    );
+                    query.push_bind(since_ms);
+                    query.push(" ORDER BY handled_at_ms, cursor, inbox_name");
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row| Ok((parse_cursor(row.try_get(0).map_err(error)?)?, row.try_get(1).map_err(error)?)))
+                        .collect()
+                }
+
                 async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {
                     const OP: &str = "open_placements";
                     let error = query_error(OP);

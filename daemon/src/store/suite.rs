@@ -1380,6 +1380,11 @@ pub(crate) async fn team_inboxes_place_items_and_keep_the_first_reader_and_handl
             .await
             .unwrap()
     );
+    assert_eq!(
+        store.handled_since(8_000).await.unwrap(),
+        [(first, "discharge-coordinators".to_owned())]
+    );
+    assert!(store.handled_since(8_001).await.unwrap().is_empty());
     let record = store.inbox_by_notice("in-1").await.unwrap().remove(0);
     let caseworkers = &record.placements[0];
     assert_eq!(
