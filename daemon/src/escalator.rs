@@ -24,6 +24,10 @@ use crate::{Millis, now_ms};
 /// or escalated by another instance changes nothing here until then.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// At most one round per this long: a round reads every open item of the
+/// timed inboxes, so a burst of new items must not start one each.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One round: escalates every overdue item. Returns how many it escalated
 /// and when the next deadline falls.
 pub async fn escalate_due(
@@ -88,8 +92,12 @@ pub fn spawn(
                 }
             };
             tokio::select! {
-                () = tokio::time::sleep(sleep) => {}
-                changed = newest_cursor.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(sleep.max(MIN_INTERVAL)) => {}
+                changed = async {
+                    let changed = newest_cursor.changed().await;
+                    tokio::time::sleep(MIN_INTERVAL).await;
+                    changed
+                } => if changed.is_err() { return },
                 () = shutdown.cancelled() => return,
             }
         }
