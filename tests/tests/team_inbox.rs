@@ -31,6 +31,33 @@ kinds = ["correction"]
 to = ["discharge-coordinators", "housing-support"]
 "#;
 
+/// The municipality with [`ROUTES`] and `extra` config, and psychiatry,
+/// both running.
+async fn routed_sites(extra: &str) -> Sites {
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    // Tables go before the first `[[peers]]` array of tables.
+    sites
+        .edit_config(MUNICIPALITY.org_id, |text| {
+            text.replacen("\n[[peers]]", &format!("{ROUTES}{extra}\n[[peers]]"), 1)
+        })
+        .unwrap();
+    sites.start_all().await.unwrap();
+    sites
+}
+
+/// Polls `check` until it yields something, for effects that travel
+/// between processes; fails with `what` after [`WAIT`].
+async fn eventually<T, F: AsyncFn() -> Option<T>>(what: &str, check: F) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn cursors(items: &[v1::InboxItem]) -> Vec<u64> {
     items.iter().map(|item| item.cursor).collect()
 }
@@ -38,14 +65,7 @@ fn cursors(items: &[v1::InboxItem]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn routed_items_are_read_and_handled_per_team_inbox() {
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
-    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
-    // Tables go before the first `[[peers]]` array of tables.
-    sites
-        .edit_config(kommune, |text| {
-            text.replacen("\n[[peers]]", &format!("{ROUTES}\n[[peers]]"), 1)
-        })
-        .unwrap();
-    sites.start_all().await.unwrap();
+    let sites = routed_sites("").await;
 
     let sender = sites.client(psyk).await.unwrap();
     let mut ids = Vec::new();
@@ -137,19 +157,12 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
 
     // The hospital learns who took its admission, without a phone call: the
     // municipality's signed business receipt comes back through the outbox.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let learned = loop {
+    let learned = eventually("the handled receipt reaches the hospital", async || {
         let status = sender.delivery_status(&ids[0]).await.unwrap();
         let handled = status.recipients[0].handled.clone();
-        if !handled.is_empty() {
-            break handled;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no handled receipt: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (!handled.is_empty()).then_some(handled)
+    })
+    .await;
     assert_eq!(learned.len(), 1, "{learned:?}");
     assert_eq!(learned[0].inbox, "discharge-coordinators");
     assert_eq!(learned[0].handler.as_ref(), Some(&handler));
@@ -209,7 +222,6 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_item_not_handled_in_time_is_escalated_once() {
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
-    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
     // Always working hours and no time to handle an admission: overdue at
     // once, whatever the day and hour the test runs.
     let deadlines = r#"
@@ -224,12 +236,7 @@ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 open = "00:00"
 close = "24:00"
 "#;
-    sites
-        .edit_config(kommune, |text| {
-            text.replacen("\n[[peers]]", &format!("{ROUTES}{deadlines}\n[[peers]]"), 1)
-        })
-        .unwrap();
-    sites.start_all().await.unwrap();
+    let mut sites = routed_sites(deadlines).await;
 
     let sender = sites.client(psyk).await.unwrap();
     for (key, notice) in [
@@ -251,18 +258,11 @@ close = "24:00"
     }
 
     let staff = sites.client(kommune).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let leads = loop {
+    let leads = eventually("the admission is escalated", async || {
         let leads = staff.list_team_inbox("team-leads", 0, 10).await.unwrap();
-        if !leads.is_empty() {
-            break leads;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing was escalated"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (!leads.is_empty()).then_some(leads)
+    })
+    .await;
     assert_eq!(leads.len(), 1, "only the admission has a deadline");
     let item = &leads[0];
     let escalated = item
@@ -315,13 +315,7 @@ close = "24:00"
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
-    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
-    sites
-        .edit_config(kommune, |text| {
-            text.replacen("\n[[peers]]", &format!("{ROUTES}\n[[peers]]"), 1)
-        })
-        .unwrap();
-    sites.start_all().await.unwrap();
+    let mut sites = routed_sites("").await;
     let sender = sites.client(psyk).await.unwrap();
     let id = sender
         .submit(
@@ -387,21 +381,12 @@ async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
     sites.start(kommune).await.unwrap();
     sites.start(psyk).await.unwrap();
     let sender = sites.client(psyk).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let handled = eventually("the receipt is sent again", async || {
         let status = sender.delivery_status(&id).await.unwrap();
-        if !status.recipients[0].handled.is_empty() {
-            assert_eq!(status.recipients[0].handled.len(), 1);
-            assert_eq!(
-                status.recipients[0].handled[0].handler.as_ref(),
-                Some(&handler)
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the receipt was not sent again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let handled = status.recipients[0].handled.clone();
+        (!handled.is_empty()).then_some(handled)
+    })
+    .await;
+    assert_eq!(handled.len(), 1);
+    assert_eq!(handled[0].handler.as_ref(), Some(&handler));
 }

@@ -48,11 +48,13 @@ pub(super) fn parse_webhook_state(id: i64, text: &str) -> Result<WebhookState, S
     })
 }
 
-pub(super) fn parse_attempts(seq: i64, attempts: i64) -> Result<u32, StoreError> {
+/// An attempt count read from `row` (e.g. "outbox row 7").
+pub(super) fn parse_attempts(
+    row: std::fmt::Arguments<'_>,
+    attempts: i64,
+) -> Result<u32, StoreError> {
     u32::try_from(attempts).map_err(|_| {
-        StoreError::Corrupt(format!(
-            "outbox row {seq} has attempt count {attempts} out of range"
-        ))
+        StoreError::Corrupt(format!("{row} has attempt count {attempts} out of range"))
     })
 }
 
@@ -116,9 +118,7 @@ macro_rules! sql_store {
                     kind: row.try_get(5).map_err(error)?,
                     received_at_ms: row.try_get(6).map_err(error)?,
                     state: parse_webhook_state(id, state)?,
-                    attempts: u32::try_from(attempts).map_err(|_| {
-                        StoreError::Corrupt(format!("webhook event {id} has attempt count {attempts} out of range"))
-                    })?,
+                    attempts: parse_attempts(format_args!("webhook event {id}"), attempts)?,
                     next_attempt_at_ms: row.try_get(9).map_err(error)?,
                     last_error: row.try_get(10).map_err(error)?,
                     created_at_ms: row.try_get(11).map_err(error)?,
@@ -146,7 +146,7 @@ macro_rules! sql_store {
                     recipient: row.try_get(2).map_err(error)?,
                     envelope: row.try_get(3).map_err(error)?,
                     state: parse_state(seq, state)?,
-                    attempts: parse_attempts(seq, attempts)?,
+                    attempts: parse_attempts(format_args!("outbox row {seq}"), attempts)?,
                     next_attempt_at_ms: row.try_get(6).map_err(error)?,
                     expires_at_ms: row.try_get(7).map_err(error)?,
                     last_error: row.try_get(8).map_err(error)?,
@@ -904,7 +904,7 @@ macro_rules! sql_store {
                             seq,
                             recipient: row.try_get(2).map_err(error)?,
                             state: parse_state(seq, state)?,
-                            attempts: parse_attempts(seq, attempts)?,
+                            attempts: parse_attempts(format_args!("outbox row {seq}"), attempts)?,
                             next_attempt_at_ms: row.try_get(5).map_err(error)?,
                             last_error: row.try_get(6).map_err(error)?,
                             finished_at_ms: row.try_get(7).map_err(error)?,
