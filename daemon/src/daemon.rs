@@ -353,7 +353,7 @@ pub async fn run(
     let purger = crate::retention::spawn(store.clone(), config.retention, shutdown.clone());
     let escalator = (!config.escalation.rules().is_empty()).then(|| {
         crate::escalator::spawn(
-            store.clone(),
+            state.clone(),
             config.escalation.clone(),
             newest_cursor_rx.clone(),
             shutdown.clone(),
@@ -400,15 +400,17 @@ pub async fn run(
     peers.stop_all().await;
     drivers_stop.cancel();
     let _ = receipts_check.await;
+    // The escalator holds the API state (it submits overdue receipts): it
+    // must end before the submit writer can.
+    if let Some(escalator) = escalator {
+        let _ = escalator.await;
+    }
     // The last handles to the writers go here; each writer commits what is
     // queued and ends.
     drop(state);
     let _ = submit_writer.await;
     let _ = accept_writer.await;
     let _ = purger.await;
-    if let Some(escalator) = escalator {
-        let _ = escalator.await;
-    }
     let _ = webhooks.await;
     endpoint.shutdown().await;
     store.close().await;

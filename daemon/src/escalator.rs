@@ -7,8 +7,9 @@
 //! most [`MAX_SLEEP`], whichever comes first. A restart loses nothing: the
 //! state is in the store, and an item escalated once is not escalated again.
 //!
-//! Not yet here: telling the sender that its notice is overdue (that needs
-//! the business receipt of issue 6).
+//! After each escalation the sender is told that its notice is overdue here
+//! (an overdue business receipt, see [`crate::api::handling::tell_overdue`]);
+//! one a crash kept from the outbox goes out at the next start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiState;
 use crate::escalation::{EscalationPolicy, InboxItem};
 use crate::store::{Store, StoreError};
 use crate::{Millis, now_ms};
@@ -28,13 +30,14 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// timed inboxes, so a burst of new items must not start one each.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One round: escalates every overdue item. Returns how many it escalated
-/// and when the next deadline falls.
+/// One round: escalates every overdue item. Returns those it escalated, as
+/// (cursor, the inbox whose deadline passed), and when the next deadline
+/// falls.
 pub async fn escalate_due(
     store: &dyn Store,
     policy: &EscalationPolicy,
     now: Millis,
-) -> Result<(usize, Option<Millis>), StoreError> {
+) -> Result<(Vec<(u64, String)>, Option<Millis>), StoreError> {
     let mut timed: Vec<String> = policy.rules().iter().map(|r| r.inbox.clone()).collect();
     timed.sort();
     timed.dedup();
@@ -51,13 +54,13 @@ pub async fn escalate_due(
         })
         .collect();
     let step = policy.step(now, &items);
-    let mut escalated = 0;
+    let mut escalated = Vec::new();
     for due in &step.escalate {
         if store
             .escalate(due.id, &due.inbox, &due.escalate_to, now)
             .await?
         {
-            escalated += 1;
+            escalated.push((due.id, due.inbox.clone()));
             tracing::warn!(
                 cursor = due.id,
                 inbox = %due.inbox,
@@ -71,9 +74,10 @@ pub async fn escalate_due(
 }
 
 /// Runs [`escalate_due`] until `shutdown`, waking for new items
-/// (`newest_cursor`) and deadlines.
+/// (`newest_cursor`) and deadlines, and tells the senders of the items it
+/// escalates.
 pub fn spawn(
-    store: Arc<dyn Store>,
+    state: Arc<ApiState>,
     policy: EscalationPolicy,
     mut newest_cursor: watch::Receiver<u64>,
     shutdown: CancellationToken,
@@ -82,10 +86,15 @@ pub fn spawn(
         loop {
             newest_cursor.borrow_and_update();
             let now = now_ms();
-            let sleep = match escalate_due(store.as_ref(), &policy, now).await {
-                Ok((_, next)) => next.map_or(MAX_SLEEP, |at| {
-                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_SLEEP)
-                }),
+            let sleep = match escalate_due(state.store.as_ref(), &policy, now).await {
+                Ok((escalated, next)) => {
+                    for (cursor, inbox) in escalated {
+                        crate::api::handling::tell_overdue(&state, cursor, &inbox, now).await;
+                    }
+                    next.map_or(MAX_SLEEP, |at| {
+                        Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_SLEEP)
+                    })
+                }
                 Err(error) => {
                     tracing::error!(%error, "escalation: cannot read or write the store; retrying");
                     Duration::from_secs(5)

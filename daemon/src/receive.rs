@@ -24,7 +24,7 @@ use crate::now_ms;
 use crate::peers::PeerSet;
 use crate::routing::{NoticeFacts, RoutingTable, unit_codes};
 use crate::signing::{OpenError, SigningKey};
-use crate::store::{AcceptOutcome, HandledReceipt, IncomingNotice, Store};
+use crate::store::{AcceptOutcome, HandledReceipt, HandledStatus, IncomingNotice, Store};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame::{self, FrameError};
 
@@ -449,6 +449,11 @@ impl Receiver {
                 notice_id: handled.notice_id.clone(),
                 from_org: peer.to_owned(),
                 inbox: handled.inbox.clone(),
+                status: if handled.status == v1::HandledStatus::Overdue as i32 {
+                    HandledStatus::Overdue
+                } else {
+                    HandledStatus::Handled
+                },
                 handled: handled.encode_to_vec(),
                 received_at_ms: now,
             }),

@@ -268,9 +268,38 @@ fn notice_at(p: &str, n: &v1::Notice) -> Result<Cpr> {
 fn handled(p: &str, h: &v1::Handled) -> Result {
     uuid_field(&join(p, "notice_id"), &h.notice_id, false)?;
     line(p, "inbox", &h.inbox, MAX_KEY_CHARS, true)?;
-    enumeration::<v1::HandledStatus>(p, "status", h.status)?;
-    time(p, "handled_at_ms", h.handled_at_ms)?;
-    contact(p, "handler", h.handler.as_ref())
+    match enumeration::<v1::HandledStatus>(p, "status", h.status)? {
+        v1::HandledStatus::Overdue => {
+            time(p, "overdue_at_ms", h.overdue_at_ms)?;
+            // Nobody took it: a handler or a handling time would contradict that.
+            if h.handler.is_some() {
+                return Err(err(
+                    p,
+                    "handler",
+                    Problem::Invalid("not for an overdue notice"),
+                ));
+            }
+            if h.handled_at_ms != 0 {
+                return Err(err(
+                    p,
+                    "handled_at_ms",
+                    Problem::Invalid("not for an overdue notice"),
+                ));
+            }
+            Ok(())
+        }
+        _ => {
+            time(p, "handled_at_ms", h.handled_at_ms)?;
+            if h.overdue_at_ms != 0 {
+                return Err(err(
+                    p,
+                    "overdue_at_ms",
+                    Problem::Invalid("only for an overdue notice"),
+                ));
+            }
+            contact(p, "handler", h.handler.as_ref())
+        }
+    }
 }
 
 fn admission(p: &str, a: &v1::Admission) -> Result {
@@ -1729,6 +1758,86 @@ mod tests {
             },
             "notice.plan_change.coordinating_caseworker.phone",
             Problem::Required,
+        );
+    }
+
+    #[test]
+    fn handled_receipt_rules_depend_on_the_status() {
+        let receipt = |h: v1::Handled| v1::Notice {
+            citizen_cpr: CPR.into(),
+            episode_id: String::new(),
+            payload: Some(Payload::Handled(h)),
+        };
+        let handled = v1::Handled {
+            notice_id: REFERS_TO.into(),
+            inbox: "discharge-coordinators".into(),
+            status: v1::HandledStatus::Handled as i32,
+            handler: Some(v1::Contact {
+                name: "Ane".into(),
+                role: String::new(),
+                phone: "+45 12 34 56 78".into(),
+                email: String::new(),
+            }),
+            handled_at_ms: 1_767_261_600_000,
+            overdue_at_ms: 0,
+        };
+        let overdue = v1::Handled {
+            status: v1::HandledStatus::Overdue as i32,
+            handler: None,
+            handled_at_ms: 0,
+            overdue_at_ms: 1_767_261_600_000,
+            ..handled.clone()
+        };
+        ok(notice(&receipt(handled.clone())));
+        ok(notice(&receipt(overdue.clone())));
+        let problem = |h: v1::Handled| match notice(&receipt(h)) {
+            Ok(_) => panic!("expected a validation error"),
+            Err(e) => (e.field, e.problem),
+        };
+        let invalid = |what| Problem::Invalid(what);
+        assert_eq!(
+            problem(v1::Handled {
+                overdue_at_ms: 0,
+                ..overdue.clone()
+            }),
+            ("notice.handled.overdue_at_ms".to_owned(), Problem::Required)
+        );
+        assert_eq!(
+            problem(v1::Handled {
+                handler: handled.handler.clone(),
+                ..overdue.clone()
+            }),
+            (
+                "notice.handled.handler".to_owned(),
+                invalid("not for an overdue notice")
+            )
+        );
+        assert_eq!(
+            problem(v1::Handled {
+                handled_at_ms: 5,
+                ..overdue
+            }),
+            (
+                "notice.handled.handled_at_ms".to_owned(),
+                invalid("not for an overdue notice")
+            )
+        );
+        assert_eq!(
+            problem(v1::Handled {
+                overdue_at_ms: 5,
+                ..handled.clone()
+            }),
+            (
+                "notice.handled.overdue_at_ms".to_owned(),
+                invalid("only for an overdue notice")
+            )
+        );
+        assert_eq!(
+            problem(v1::Handled {
+                handler: None,
+                ..handled
+            }),
+            ("notice.handled.handler".to_owned(), Problem::Required)
         );
     }
 }

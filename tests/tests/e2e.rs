@@ -1085,6 +1085,7 @@ async fn a_handled_receipt_about_a_notice_never_sent_to_that_peer_is_refused() {
                 ..Default::default()
             }),
             handled_at_ms: tvaers_daemon::now_ms(),
+            overdue_at_ms: 0,
         })),
     };
     // The GP claims to have handled a notice psychiatry never sent it.

@@ -183,6 +183,7 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
             status: v1::HandledStatus::Handled as i32,
             handler: Some(handler.clone()),
             handled_at_ms: 1_767_261_600_000,
+            overdue_at_ms: 0,
         })),
     };
     match staff
@@ -219,12 +220,9 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
     assert!(!logs.contains(CPR), "a CPR number appears in the logs");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_item_not_handled_in_time_is_escalated_once() {
-    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
-    // Always working hours and no time to handle an admission: overdue at
-    // once, whatever the day and hour the test runs.
-    let deadlines = r#"
+/// Always working hours and no time to handle an admission: overdue at
+/// once, whatever the day and hour the test runs.
+const OVERDUE_AT_ONCE: &str = r#"
 [[inboxes.deadlines]]
 inbox = "discharge-coordinators"
 kinds = ["admission"]
@@ -236,9 +234,48 @@ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 open = "00:00"
 close = "24:00"
 "#;
-    let mut sites = routed_sites(deadlines).await;
+
+/// The business receipts `sender` holds about its notice `id` from its one
+/// recipient, once there are `count` of them.
+async fn business_receipts(
+    sender: &tvaers_client::Client,
+    id: &str,
+    count: usize,
+) -> Vec<v1::Handled> {
+    eventually(
+        &format!("{count} business receipts reach the sender"),
+        async || {
+            let status = sender.delivery_status(id).await.unwrap();
+            let receipts = status.recipients[0].handled.clone();
+            (receipts.len() >= count).then_some(receipts)
+        },
+    )
+    .await
+}
+
+/// How many notices `org` has in its outbox: at the municipality, only the
+/// business receipts it sent.
+async fn outbox_rows(sites: &Sites, org: &str) -> usize {
+    sites
+        .admin(org)
+        .await
+        .unwrap()
+        .list_outbox(v1::ListOutboxRequest {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_not_handled_in_time_is_escalated_once() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = routed_sites(OVERDUE_AT_ONCE).await;
 
     let sender = sites.client(psyk).await.unwrap();
+    let mut ids = Vec::new();
     for (key, notice) in [
         ("e-1", sample::admission(CPR)),
         ("e-2", sample::no_show(CPR)),
@@ -255,6 +292,7 @@ close = "24:00"
                 .unwrap()
                 .all_delivered()
         );
+        ids.push(id);
     }
 
     let staff = sites.client(kommune).await.unwrap();
@@ -284,6 +322,23 @@ close = "24:00"
         .unwrap();
     assert!(housing[0].placements.iter().all(|p| p.escalated_at_ms == 0));
 
+    // The hospital learns that its admission is overdue there: which team,
+    // since when, and nobody named yet.
+    let overdue = business_receipts(&sender, &ids[0], 1).await;
+    assert_eq!(overdue.len(), 1, "{overdue:?}");
+    assert_eq!(overdue[0].status, v1::HandledStatus::Overdue as i32);
+    assert_eq!(overdue[0].inbox, "discharge-coordinators");
+    assert_eq!(overdue[0].overdue_at_ms, original.escalated_at_ms);
+    assert_eq!(
+        (overdue[0].handler.as_ref(), overdue[0].handled_at_ms),
+        (None, 0)
+    );
+    let status = sender.delivery_status(&ids[1]).await.unwrap();
+    assert!(
+        status.recipients[0].handled.is_empty(),
+        "the no-show is not overdue"
+    );
+
     // Once only, also across a restart.
     sites.stop(kommune).await.unwrap();
     sites.start(kommune).await.unwrap();
@@ -310,6 +365,39 @@ close = "24:00"
         .filter(|e| e.action == "escalated")
         .count();
     assert_eq!(escalations, 1);
+    // The restart's check sent no second overdue receipt.
+    assert_eq!(outbox_rows(&sites, kommune).await, 1);
+
+    // Handled late, in the team that missed the deadline: the hospital then
+    // sees both, overdue first.
+    let handler = v1::Contact {
+        name: "Ane Holm".into(),
+        role: "udskrivningskoordinator".into(),
+        phone: "+45 55 55 12 34".into(),
+        email: String::new(),
+    };
+    assert!(
+        staff
+            .mark_handled(item.cursor, "discharge-coordinators", handler.clone(), "")
+            .await
+            .unwrap()
+    );
+    let receipts = business_receipts(&sender, &ids[0], 2).await;
+    let statuses: Vec<(i32, &str)> = receipts
+        .iter()
+        .map(|r| (r.status, r.inbox.as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (v1::HandledStatus::Overdue as i32, "discharge-coordinators"),
+            (v1::HandledStatus::Handled as i32, "discharge-coordinators")
+        ]
+    );
+    assert_eq!(receipts[1].handler.as_ref(), Some(&handler));
+    assert_eq!(outbox_rows(&sites, kommune).await, 2);
+    let logs = sites.all_logs();
+    assert!(!logs.contains(CPR), "a CPR number appears in the logs");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -356,37 +444,81 @@ async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
             .unwrap()
     );
     // A crash right after marking: the receipt never reached the outbox.
-    sites.kill(kommune).unwrap();
-    let db = sites.site(kommune).dir.join("data/tvaers.db");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let removed = sqlx::query(
-        "DELETE FROM outbox WHERE notice_id IN \
-         (SELECT notice_id FROM notices WHERE idempotency_key LIKE 'handled:%')",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap()
-    .rows_affected();
-    assert_eq!(removed, 1, "the receipt was waiting in the outbox");
-    sqlx::query("DELETE FROM notices WHERE idempotency_key LIKE 'handled:%'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
+    crash_before_storing(&mut sites, kommune, "handled").await;
 
     // Both back: the municipality notices the handled item without a
     // receipt and sends it, once.
     sites.start(kommune).await.unwrap();
     sites.start(psyk).await.unwrap();
     let sender = sites.client(psyk).await.unwrap();
-    let handled = eventually("the receipt is sent again", async || {
-        let status = sender.delivery_status(&id).await.unwrap();
-        let handled = status.recipients[0].handled.clone();
-        (!handled.is_empty()).then_some(handled)
-    })
-    .await;
+    let handled = business_receipts(&sender, &id, 1).await;
     assert_eq!(handled.len(), 1);
     assert_eq!(handled[0].handler.as_ref(), Some(&handler));
+    assert_eq!(outbox_rows(&sites, kommune).await, 1);
+}
+
+/// Kills `org` and deletes from its database the business receipts (with
+/// idempotency key prefix `prefix`) waiting in its outbox, one, as if it
+/// had crashed before storing them.
+async fn crash_before_storing(sites: &mut Sites, org: &str, prefix: &str) {
+    sites.kill(org).unwrap();
+    let db = sites.site(org).dir.join("data/tvaers.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let removed = sqlx::query(
+        "DELETE FROM outbox WHERE notice_id IN \
+         (SELECT notice_id FROM notices WHERE idempotency_key LIKE ?)",
+    )
+    .bind(format!("{prefix}:%"))
+    .execute(&mut conn)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(removed, 1, "the receipt was waiting in the outbox");
+    sqlx::query("DELETE FROM notices WHERE idempotency_key LIKE ?")
+        .bind(format!("{prefix}:%"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overdue_receipt_lost_in_a_crash_is_sent_after_the_restart() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let mut sites = routed_sites(OVERDUE_AT_ONCE).await;
+    let sender = sites.client(psyk).await.unwrap();
+    // The hospital is down from delivery on: the overdue receipt waits in
+    // the municipality's outbox.
+    let id = sender
+        .submit(
+            Submission::new(sample::admission(CPR))
+                .idempotency_key("o-1")
+                .to(kommune),
+        )
+        .await
+        .unwrap()
+        .notice_id;
+    assert!(
+        sender
+            .wait_delivered(&id, WAIT)
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+    sites.stop(psyk).await.unwrap();
+    eventually("the overdue receipt is stored to send", async || {
+        (outbox_rows(&sites, kommune).await == 1).then_some(())
+    })
+    .await;
+    crash_before_storing(&mut sites, kommune, "overdue").await;
+
+    sites.start(kommune).await.unwrap();
+    sites.start(psyk).await.unwrap();
+    let sender = sites.client(psyk).await.unwrap();
+    let overdue = business_receipts(&sender, &id, 1).await;
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].status, v1::HandledStatus::Overdue as i32);
+    assert_eq!(outbox_rows(&sites, kommune).await, 1);
 }

@@ -862,6 +862,9 @@ mod tests {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}
+        async fn escalated_since(&self, _: Millis) -> Result<Vec<(u64, String)>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
     }
 
     /// A driver for a peer nobody listens for. The rows these tests enqueue

@@ -218,9 +218,37 @@ pub struct HandledReceipt {
     pub notice_id: String,
     pub from_org: String,
     pub inbox: String,
+    /// Handled or overdue: one of each is kept per (notice, peer, team).
+    pub status: HandledStatus,
     /// The encoded `tvaers.v1.Handled`; opaque here.
     pub handled: Vec<u8>,
     pub received_at_ms: Millis,
+}
+
+/// What a business receipt says about a notice in a peer's team inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandledStatus {
+    /// Someone took it.
+    Handled,
+    /// Nobody took it within the peer's handling deadline.
+    Overdue,
+}
+
+impl HandledStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandledStatus::Handled => "handled",
+            HandledStatus::Overdue => "overdue",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "handled" => HandledStatus::Handled,
+            "overdue" => HandledStatus::Overdue,
+            _ => return None,
+        })
+    }
 }
 
 /// A team-inbox item neither handled nor escalated: what the escalation
@@ -613,4 +641,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);
+
+    /// Team-inbox items escalated at or after `since_ms`, as (cursor, the
+    /// inbox whose deadline passed), oldest first: whose overdue receipts a
+    /// restart sends again if the daemon stopped before storing them.
+    async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError>;
 }

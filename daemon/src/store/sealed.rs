@@ -333,6 +333,10 @@ impl Store for SealedStore {
     async fn close(&self) {
         self.inner.close().await;
     }
+
+    async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
+        self.inner.escalated_since(since_ms).await
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! ends, an inherent `async fn close_pools(&self)`, and its parameter limit
 //! per statement.
 
-use super::{OutboxState, StoreError, WebhookState};
+use super::{HandledStatus, OutboxState, StoreError, WebhookState};
 
 /// Outbox states an update may still change; `delivered` and `failed` are
 /// final.
@@ -40,6 +40,17 @@ pub(super) fn rows_per_chunk(max_binds: usize, columns: usize) -> usize {
 pub(super) fn parse_state(seq: i64, text: &str) -> Result<OutboxState, StoreError> {
     OutboxState::parse(text)
         .ok_or_else(|| StoreError::Corrupt(format!("outbox row {seq} has unknown state {text:?}")))
+}
+
+pub(super) fn parse_handled_status(
+    notice_id: &str,
+    text: &str,
+) -> Result<HandledStatus, StoreError> {
+    HandledStatus::parse(text).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "business receipt about notice {notice_id} has unknown status {text:?}"
+        ))
+    })
 }
 
 pub(super) fn parse_webhook_state(id: i64, text: &str) -> Result<WebhookState, StoreError> {
@@ -91,7 +102,7 @@ macro_rules! sql_store {
                 OpenPlacement, OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
                 WebhookCount, WebhookEvent, WebhookFilter, WebhookState, WebhookUpdate,
             };
-            use $crate::store::sql::parse_webhook_state;
+            use $crate::store::sql::{parse_handled_status, parse_webhook_state};
 
             /// Columns [`webhook_event`] reads, in its order.
             const WEBHOOK_EVENT_SELECT: &str =
@@ -1051,19 +1062,21 @@ macro_rules! sql_store {
                         .filter(|notice| stored.contains_key(&(notice.sender.clone(), notice.notice_id.clone())))
                         .filter_map(|notice| notice.handled.as_ref())
                         .collect();
-                    for chunk in receipts.chunks(rows_per_chunk($max_binds, 5)) {
+                    for chunk in receipts.chunks(rows_per_chunk($max_binds, 6)) {
                         let mut query = QueryBuilder::<$db>::new(
-                            "INSERT INTO handled_receipts (notice_id, from_org, inbox, handled, received_at_ms) ",
+                            "INSERT INTO handled_receipts (notice_id, from_org, inbox, status, handled, received_at_ms) ",
                         );
                         query.push_values(chunk, |mut row, receipt| {
                             row.push_bind(receipt.notice_id.as_str())
                                 .push_bind(receipt.from_org.as_str())
                                 .push_bind(receipt.inbox.as_str())
+                                .push_bind(receipt.status.as_str())
                                 .push_bind(receipt.handled.as_slice())
                                 .push_bind(receipt.received_at_ms);
                         });
-                        // The first receipt for a team stays, like the first handler.
-                        query.push(" ON CONFLICT (notice_id, from_org, inbox) DO NOTHING");
+                        // The first receipt of each status for a team stays, like
+                        // the first handler.
+                        query.push(" ON CONFLICT (notice_id, from_org, inbox, status) DO NOTHING");
                         query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
                     }
 
@@ -1299,18 +1312,21 @@ macro_rules! sql_store {
                     const OP: &str = "handled_receipts";
                     let error = query_error(OP);
                     let mut query = QueryBuilder::<$db>::new(
-                        "SELECT notice_id, from_org, inbox, handled, received_at_ms FROM handled_receipts \
+                        "SELECT notice_id, from_org, inbox, handled, received_at_ms, status FROM handled_receipts \
                          WHERE notice_id = ",
                     );
                     query.push_bind(notice_id);
-                    query.push(" ORDER BY received_at_ms, from_org, inbox");
+                    query.push(" ORDER BY received_at_ms, from_org, inbox, status");
                     let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
                     rows.iter()
                         .map(|row| {
+                            let notice_id: String = row.try_get(0).map_err(error)?;
+                            let status = parse_handled_status(&notice_id, row.try_get::<&str, _>(5).map_err(error)?)?;
                             Ok(HandledReceipt {
-                                notice_id: row.try_get(0).map_err(error)?,
+                                notice_id,
                                 from_org: row.try_get(1).map_err(error)?,
                                 inbox: row.try_get(2).map_err(error)?,
+                                status,
                                 handled: row.try_get(3).map_err(error)?,
                                 received_at_ms: row.try_get(4).map_err(error)?,
                             })
@@ -1319,17 +1335,7 @@ macro_rules! sql_store {
                 }
 
                 async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
-                    const OP: &str = "handled_since";
-                    let error = query_error(OP);
-                    let mut query = QueryBuilder::<$db>::new(
-                        "SELECT cursor, inbox_name FROM inbox_placements WHERE handled_at_ms >= ",
-                    );
-                    query.push_bind(since_ms);
-                    query.push(" ORDER BY handled_at_ms, cursor, inbox_name");
-                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
-                    rows.iter()
-                        .map(|row| Ok((parse_cursor(row.try_get(0).map_err(error)?)?, row.try_get(1).map_err(error)?)))
-                        .collect()
+                    self.placements_since("handled_since", "handled_at_ms", since_ms).await
                 }
 
                 async fn open_placements(&self, inboxes: &[String]) -> Result<Vec<OpenPlacement>, StoreError> {
@@ -1789,6 +1795,33 @@ macro_rules! sql_store {
 
                 async fn close(&self) {
                     self.close_pools().await;
+                }
+
+                async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
+                    self.placements_since("escalated_since", "escalated_at_ms", since_ms).await
+                }
+            }
+
+            impl $store {
+                /// (cursor, inbox) of the placements whose time `column` (a
+                /// column name, never outside input) is at or after `since_ms`,
+                /// oldest first.
+                async fn placements_since(
+                    &self,
+                    operation: &'static str,
+                    column: &'static str,
+                    since_ms: Millis,
+                ) -> Result<Vec<(u64, String)>, StoreError> {
+                    let error = query_error(operation);
+                    let mut query = QueryBuilder::<$db>::new(
+                        format!("SELECT cursor, inbox_name FROM inbox_placements WHERE {column} >= "),
+                    );
+                    query.push_bind(since_ms);
+                    query.push(format!(" ORDER BY {column}, cursor, inbox_name"));
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row| Ok((parse_cursor(row.try_get(0).map_err(error)?)?, row.try_get(1).map_err(error)?)))
+                        .collect()
                 }
             }
         };

@@ -1510,6 +1510,12 @@ pub(crate) async fn escalation_moves_an_open_item_once_and_never_a_handled_one(s
             .unwrap()
     );
     assert!(store.open_placements(&timed).await.unwrap().is_empty());
+    // The restart check finds the escalation, once, by the inbox it left.
+    assert_eq!(
+        store.escalated_since(7_000).await.unwrap(),
+        [(one, "coordinators".to_owned())]
+    );
+    assert!(store.escalated_since(7_001).await.unwrap().is_empty());
 
     let leads = store
         .inbox_after(0, 10, false, Some("leads"))
@@ -1542,12 +1548,13 @@ pub(crate) async fn escalation_moves_an_open_item_once_and_never_a_handled_one(s
 }
 
 /// A business receipt is stored with the item that carries it, once per
-/// (notice, peer, team), and found by the notice it is about.
+/// (notice, peer, team, status), and found by the notice it is about.
 pub(crate) async fn handled_receipts_are_stored_with_their_item_once_per_team(store: &dyn Store) {
     let receipt = |inbox: &str, bytes: &[u8]| super::HandledReceipt {
         notice_id: "ours-1".into(),
         from_org: "org-x".into(),
         inbox: inbox.into(),
+        status: super::HandledStatus::Handled,
         handled: bytes.to_vec(),
         received_at_ms: RECEIVED_AT,
     };
@@ -1581,6 +1588,46 @@ pub(crate) async fn handled_receipts_are_stored_with_their_item_once_per_team(st
     // The carrying item has no team inbox.
     let items = store.inbox_after(0, 10, false, Some("main")).await.unwrap();
     assert_eq!(items.len(), 2, "hr-2 and hr-3 went to main, hr-1 nowhere");
+
+    // Overdue in a team, then handled there: both are kept; a second
+    // overdue receipt for the team is not.
+    let overdue = |id: &str, bytes: &[u8]| {
+        let mut item = incoming("org-x", id, b"r");
+        item.inboxes = Vec::new();
+        item.handled = Some(super::HandledReceipt {
+            notice_id: "ours-3".into(),
+            status: super::HandledStatus::Overdue,
+            ..receipt("coordinators", bytes)
+        });
+        item
+    };
+    let mut handled = incoming("org-x", "hr-6", b"r");
+    handled.inboxes = Vec::new();
+    handled.handled = Some(super::HandledReceipt {
+        notice_id: "ours-3".into(),
+        received_at_ms: RECEIVED_AT + 1,
+        ..receipt("coordinators", b"handled")
+    });
+    store
+        .accept_inbox(vec![
+            overdue("hr-4", b"late"),
+            overdue("hr-5", b"late again"),
+        ])
+        .await
+        .unwrap();
+    store.accept_inbox(vec![handled]).await.unwrap();
+    let found = store.handled_receipts("ours-3").await.unwrap();
+    let statuses: Vec<(super::HandledStatus, &[u8])> = found
+        .iter()
+        .map(|r| (r.status, r.handled.as_slice()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (super::HandledStatus::Overdue, &b"late"[..]),
+            (super::HandledStatus::Handled, &b"handled"[..])
+        ]
+    );
 }
 
 /// The outbox rows of one notice, keyed by recipient.
