@@ -396,6 +396,27 @@ async fn an_item_not_handled_in_time_is_escalated_once() {
     );
     assert_eq!(receipts[1].handler.as_ref(), Some(&handler));
     assert_eq!(outbox_rows(&sites, kommune).await, 2);
+    // The operator's view, `tvaers outbox show`, says both.
+    let shown = std::process::Command::new(tvaers_e2e::cli_binary().unwrap())
+        .arg("--config")
+        .arg(&sites.site(psyk).config)
+        .args(["outbox", "show", &ids[0]])
+        .env_remove("TVAERS_CONFIG")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!(
+            "{kommune}: overdue in discharge-coordinators since "
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "{kommune}: handled in discharge-coordinators by Ane Holm (udskrivningskoordinator, +45 55 55 12 34) at "
+        )),
+        "{shown}"
+    );
     let logs = sites.all_logs();
     assert!(!logs.contains(CPR), "a CPR number appears in the logs");
 }

@@ -119,9 +119,22 @@ pub async fn run(command: OutboxCommand, config_path: &Path, out: Output) -> any
                     "delivered_at_ms": r.delivered_at_ms,
                     "next_attempt_at_ms": r.next_attempt_at_ms,
                     "receipt_reason": r.receipt.as_ref().map(|x| x.reason_code.clone()),
+                    "business_receipts": r.handled.iter().map(business_receipt_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             });
-            out.emit(&value, || status.to_string());
+            out.emit(&value, || {
+                let mut text = status.to_string();
+                for r in &status.recipients {
+                    for receipt in &r.handled {
+                        text.push_str(&format!(
+                            "\n  {}: {}",
+                            r.recipient,
+                            business_receipt_line(receipt)
+                        ));
+                    }
+                }
+                text
+            });
         }
         OutboxCommand::Retry { notice_id, to } => {
             check_id(&notice_id)?;
@@ -154,4 +167,45 @@ fn action(out: Output, verb: &str, r: &v1::OutboxActionResponse) {
         }
         text
     });
+}
+
+fn is_overdue(receipt: &v1::Handled) -> bool {
+    receipt.status == v1::HandledStatus::Overdue as i32
+}
+
+/// A recipient's business receipt for people: who took the notice in which
+/// team, or that nobody did in time.
+fn business_receipt_line(receipt: &v1::Handled) -> String {
+    if is_overdue(receipt) {
+        return format!(
+            "overdue in {} since {} (nobody took it in time)",
+            receipt.inbox,
+            time(receipt.overdue_at_ms)
+        );
+    }
+    let handler = receipt.handler.clone().unwrap_or_default();
+    let reach: Vec<&str> = [&handler.role, &handler.phone, &handler.email]
+        .into_iter()
+        .map(String::as_str)
+        .filter(|part| !part.is_empty())
+        .collect();
+    format!(
+        "handled in {} by {} ({}) at {}",
+        receipt.inbox,
+        handler.name,
+        reach.join(", "),
+        time(receipt.handled_at_ms)
+    )
+}
+
+fn business_receipt_json(receipt: &v1::Handled) -> Value {
+    json!({
+        "inbox": receipt.inbox,
+        "status": if is_overdue(receipt) { "overdue" } else { "handled" },
+        "handler": receipt.handler.as_ref().map(|c| json!({
+            "name": c.name, "role": c.role, "phone": c.phone, "email": c.email,
+        })),
+        "handled_at_ms": (receipt.handled_at_ms != 0).then_some(receipt.handled_at_ms),
+        "overdue_at_ms": (receipt.overdue_at_ms != 0).then_some(receipt.overdue_at_ms),
+    })
 }
