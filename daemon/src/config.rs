@@ -133,6 +133,9 @@ pub struct WebhookConfig {
     pub secret_file: PathBuf,
     /// Attempts before an event is dead-lettered (at least 1).
     pub max_attempts: u32,
+    /// The event body carries the whole notice, CPR number and health
+    /// details included (see [`crate::notice_json`]); off by default.
+    pub include_notice: bool,
 }
 
 /// Attempts a webhook event gets when its entry does not say.
@@ -331,6 +334,8 @@ struct FileWebhook {
     secret_file: PathBuf,
     #[serde(default = "default_webhook_max_attempts")]
     max_attempts: u32,
+    #[serde(default)]
+    include_notice: bool,
 }
 
 fn default_webhook_max_attempts() -> u32 {
@@ -373,6 +378,7 @@ fn webhooks(
             url: hook.url.clone(),
             secret_file: resolve(&hook.secret_file),
             max_attempts: hook.max_attempts,
+            include_notice: hook.include_notice,
         });
     }
     Ok(hooks)
@@ -1420,6 +1426,7 @@ inbox = "caseworkers"
 url = "http://127.0.0.1:8081/"
 secret_file = "/etc/tvaers/cw.secret"
 max_attempts = 2
+include_notice = true
 "#;
         let c = Config::parse(Path::new("/etc/site/x.toml"), &format!("{GOOD}{hooks}")).unwrap();
         assert_eq!(
@@ -1430,12 +1437,14 @@ max_attempts = 2
                     url: "http://127.0.0.1:8080/tvaers".into(),
                     secret_file: PathBuf::from("/etc/site/keys/webhook.secret"),
                     max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+                    include_notice: false,
                 },
                 WebhookConfig {
                     inbox: "caseworkers".into(),
                     url: "http://127.0.0.1:8081/".into(),
                     secret_file: PathBuf::from("/etc/tvaers/cw.secret"),
                     max_attempts: 2,
+                    include_notice: true,
                 },
             ]
         );

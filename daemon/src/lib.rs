@@ -34,6 +34,7 @@ pub mod escalation;
 pub mod escalator;
 pub mod identity;
 pub mod metrics;
+pub mod notice_json;
 pub mod peers;
 pub mod receive;
 pub mod retention;

@@ -9,9 +9,12 @@
 //! pure function of (event, result, now) in the style of
 //! [`crate::delivery::machine`].
 //!
-//! The body carries ids, the notice kind and times only, never the CPR
-//! number, names or free text: the receiving system fetches the item through
-//! the local API by the `href` it is given. The body is signed with
+//! By default the body carries ids, the notice kind and times only, never
+//! the CPR number, names or free text: the receiving system fetches the item
+//! through the local API by the `href` it is given. An inbox whose webhook
+//! says `include_notice = true` gets the whole notice in the body as well
+//! (`notice`, see [`crate::notice_json`]), read from the store when the
+//! event is sent (`null` once retention purged it). The body is signed with
 //! HMAC-SHA256 over `timestamp + "." + body` under the inbox's secret.
 //! Plain `http://` only: an `https` endpoint needs a TLS-terminating proxy
 //! on loopback.
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Millis;
 use crate::config::WebhookConfig;
 use crate::delivery::machine::backoff;
-use crate::store::{Store, WebhookEvent, WebhookUpdate};
+use crate::store::{Store, StoreError, WebhookEvent, WebhookUpdate};
 
 /// How long a connect, and then the whole exchange, may take.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,9 +175,11 @@ pub fn decide(
     }
 }
 
-/// The JSON body for `event`: ids, kind and times, no notice contents.
-pub fn body(event: &WebhookEvent) -> Vec<u8> {
-    let body = serde_json::json!({
+/// The JSON body for `event`: ids, kind and times; the notice only when
+/// `notice` is given (an opted-in inbox: the notice as JSON, or `null` when
+/// purged).
+pub fn body(event: &WebhookEvent, notice: Option<serde_json::Value>) -> Vec<u8> {
+    let mut body = serde_json::json!({
         "event": "inbox.item",
         "inbox": event.inbox,
         "cursor": event.cursor,
@@ -184,7 +189,20 @@ pub fn body(event: &WebhookEvent) -> Vec<u8> {
         "received_at_ms": event.received_at_ms,
         "href": format!("tvaers:inbox/{}/{}", event.inbox, event.cursor),
     });
+    if let Some(notice) = notice {
+        body["notice"] = notice;
+    }
     body.to_string().into_bytes()
+}
+
+/// The notice of the item at `cursor` as JSON, for an opted-in webhook;
+/// `null` when its body was purged (or the item is gone).
+async fn notice_of(store: &dyn Store, cursor: u64) -> Result<serde_json::Value, StoreError> {
+    let notice = crate::store::inbox_item(store, cursor)
+        .await?
+        .and_then(|record| tvaers_proto::open_envelope(&record.envelope))
+        .and_then(|envelope| envelope.notice);
+    Ok(notice.map_or(serde_json::Value::Null, |n| crate::notice_json::notice(&n)))
 }
 
 /// `sha256=` + hex HMAC-SHA256 of `timestamp + "." + body` under `key`.
@@ -217,6 +235,8 @@ pub struct Hook {
     pub target: Target,
     pub key: ring::hmac::Key,
     pub max_attempts: u32,
+    /// Put the whole notice in the body (CPR number and health details).
+    pub include_notice: bool,
 }
 
 impl Hook {
@@ -225,6 +245,7 @@ impl Hook {
             target: Target::parse(&config.url)?,
             key: load_secret(&config.secret_file)?,
             max_attempts: config.max_attempts,
+            include_notice: config.include_notice,
         })
     }
 }
@@ -343,13 +364,28 @@ pub fn spawn(
             for event in &claimed {
                 let result = match hooks.get(&event.inbox) {
                     Some(hook) => {
-                        let body = body(event);
-                        let sent = send(&hook.target, &hook.key, crate::now_ms() / 1000, &body);
-                        // At shutdown a send in progress is dropped: its event
-                        // stays claimed and is sent again after the lease.
-                        tokio::select! {
-                            sent = sent => sent.map_err(|e| e.to_string()),
-                            () = shutdown.cancelled() => break,
+                        let notice = if hook.include_notice {
+                            notice_of(store.as_ref(), event.cursor).await.map(Some)
+                        } else {
+                            Ok(None)
+                        };
+                        match notice {
+                            Ok(notice) => {
+                                let body = body(event, notice);
+                                let sent =
+                                    send(&hook.target, &hook.key, crate::now_ms() / 1000, &body);
+                                // At shutdown a send in progress is dropped: its
+                                // event stays claimed and is sent again after the
+                                // lease.
+                                tokio::select! {
+                                    sent = sent => sent.map_err(|e| e.to_string()),
+                                    () = shutdown.cancelled() => break,
+                                }
+                            }
+                            // Counts as a failed attempt: retried with backoff.
+                            Err(error) => {
+                                Err(format!("cannot read the notice to include: {error}"))
+                            }
                         }
                     }
                     None => Err(NO_WEBHOOK.to_owned()),
@@ -508,7 +544,7 @@ mod tests {
 
     #[test]
     fn the_body_names_ids_and_kind_only() {
-        let body: serde_json::Value = serde_json::from_slice(&body(&event(0))).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body(&event(0), None)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
@@ -522,6 +558,18 @@ mod tests {
                 "href": "tvaers:inbox/discharge-coordinators/42",
             })
         );
+    }
+
+    #[test]
+    fn an_opted_in_body_adds_the_notice_and_nothing_else() {
+        let notice = serde_json::json!({"kind": "admission", "citizen_cpr": "0707814321"});
+        let with: serde_json::Value =
+            serde_json::from_slice(&body(&event(0), Some(notice.clone()))).unwrap();
+        let mut without: serde_json::Value =
+            serde_json::from_slice(&body(&event(0), None)).unwrap();
+        assert_eq!(with["notice"], notice);
+        without["notice"] = notice;
+        assert_eq!(with, without);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! events for the items routed to a team inbox; while it is down the daemon
 //! retries, also across its own restart; after `max_attempts` the event is
 //! dead-lettered, listed by the admin API and the CLI, and can be retried.
+//! An inbox that opts in (`include_notice`) gets the whole notice; the
+//! others never see a CPR number.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -89,6 +91,30 @@ fn serve(
 /// Routes admissions and discharges to `discharge-coordinators`, with a
 /// webhook to `port` there, and writes its secret (mode 0600).
 fn configure(sites: &Sites, port: u16, max_attempts: u32) {
+    configure_hooks(
+        sites,
+        &[hook("discharge-coordinators", port, max_attempts, false)],
+    );
+}
+
+/// One `[[inboxes.webhooks]]` entry for `inbox`, to `port`.
+fn hook(inbox: &str, port: u16, max_attempts: u32, include_notice: bool) -> String {
+    format!(
+        r#"
+[[inboxes.webhooks]]
+inbox = "{inbox}"
+url = "http://127.0.0.1:{port}/tvaers/hook"
+secret_file = "keys/webhook.secret"
+max_attempts = {max_attempts}
+include_notice = {include_notice}
+"#
+    )
+}
+
+/// Routes admissions and discharges to `discharge-coordinators`, the rest
+/// to `caseworkers`, with the webhook entries `hooks`, and writes their
+/// secret (mode 0600).
+fn configure_hooks(sites: &Sites, hooks: &[String]) {
     let kommune = MUNICIPALITY.org_id;
     let secret = sites.site(kommune).dir.join("keys/webhook.secret");
     write_secret(&secret);
@@ -100,13 +126,8 @@ default = "caseworkers"
 [[inboxes.routes]]
 kinds = ["admission", "discharge"]
 to = ["discharge-coordinators"]
-
-[[inboxes.webhooks]]
-inbox = "discharge-coordinators"
-url = "http://127.0.0.1:{port}/tvaers/hook"
-secret_file = "keys/webhook.secret"
-max_attempts = {max_attempts}
-"#
+{}"#,
+        hooks.concat()
     );
     sites
         .edit_config(kommune, |text| {
@@ -128,8 +149,26 @@ fn write_secret(path: &Path) {
 }
 
 /// Checks the signature the way a receiving system would, and the body's
-/// fields; returns the body.
+/// fields (an event of `discharge-coordinators`); returns the body.
 fn verified(received: &Received) -> serde_json::Value {
+    verified_in(received, "discharge-coordinators")
+}
+
+/// [`verified`], for an event of `inbox`.
+fn verified_in(received: &Received, inbox: &str) -> serde_json::Value {
+    let body = signed_json(received);
+    let text = body.to_string();
+    assert!(
+        cpr_leaks(&text, &[CPR]).is_empty(),
+        "CPR in the body: {text}"
+    );
+    default_fields(&body, inbox);
+    body
+}
+
+/// Checks the request line, the timestamp and the signature the way a
+/// receiving system would; returns the body.
+fn signed_json(received: &Received) -> serde_json::Value {
     assert_eq!(received.request_line, "POST /tvaers/hook HTTP/1.1");
     assert_eq!(received.headers["content-type"], "application/json");
     let timestamp = &received.headers["x-tvaers-timestamp"];
@@ -155,12 +194,11 @@ fn verified(received: &Received) -> serde_json::Value {
     let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"another secret");
     assert!(ring::hmac::verify(&other, &signed, &hex::decode(signature).unwrap()).is_err());
 
-    let text = String::from_utf8(received.body.clone()).unwrap();
-    assert!(
-        cpr_leaks(&text, &[CPR]).is_empty(),
-        "CPR in the body: {text}"
-    );
-    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_slice(&received.body).unwrap()
+}
+
+/// The fields of every body: ids, kind and times only, of `inbox`.
+fn default_fields(body: &serde_json::Value, inbox: &str) {
     let keys: Vec<&str> = body
         .as_object()
         .unwrap()
@@ -181,16 +219,15 @@ fn verified(received: &Received) -> serde_json::Value {
             "received_at_ms",
             "sender"
         ],
-        "only ids, kind and times: {text}"
+        "only ids, kind and times: {body}"
     );
     assert_eq!(body["event"], "inbox.item");
-    assert_eq!(body["inbox"], "discharge-coordinators");
+    assert_eq!(body["inbox"], inbox);
     assert_eq!(body["sender"], PSYCHIATRY.org_id);
     assert_eq!(
         body["href"],
-        format!("tvaers:inbox/discharge-coordinators/{}", body["cursor"])
+        format!("tvaers:inbox/{inbox}/{}", body["cursor"])
     );
-    body
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
@@ -386,4 +423,55 @@ async fn events_are_dead_lettered_after_max_attempts_and_can_be_retried() {
         events.len() == 1 && events[0].state == "delivered" && events[0].attempts == 1
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inbox_may_opt_in_to_the_full_notice() {
+    let kommune = MUNICIPALITY.org_id;
+    let port = free_port().unwrap();
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    configure_hooks(
+        &sites,
+        &[
+            hook("discharge-coordinators", port, 5, true),
+            hook("caseworkers", port, 5, false),
+        ],
+    );
+    let (_server, mut requests) = serve(port);
+    sites.start_all().await.unwrap();
+
+    let notice = sample::admission(CPR);
+    let Some(v1::notice::Payload::Admission(sent)) = notice.payload.clone() else {
+        panic!("the sample is an admission");
+    };
+    let admission = send(&sites, "n-1", notice).await;
+    let mut body = signed_json(&next(&mut requests).await);
+    let included = body.as_object_mut().unwrap().remove("notice").unwrap();
+    // Besides the notice, the usual fields.
+    default_fields(&body, "discharge-coordinators");
+    assert_eq!(body["notice_id"], admission.as_str());
+    assert_eq!(included["citizen_cpr"], CPR);
+    assert_eq!(included["kind"], "admission");
+    let received = &included["admission"];
+    assert_eq!(received["admitted_at_ms"], sent.admitted_at_ms);
+    assert_eq!(received["ward"]["code"], sent.ward.unwrap().code.as_str());
+    assert_eq!(
+        received["ward_contact"]["name"],
+        sent.ward_contact.unwrap().name.as_str()
+    );
+    assert_eq!(
+        received["urgency"],
+        v1::AdmissionUrgency::try_from(sent.urgency)
+            .unwrap()
+            .as_str_name()
+    );
+
+    // The default inbox's webhook did not opt in: no CPR number, no notice.
+    send(&sites, "n-2", sample::plan_change(CPR, kommune)).await;
+    let body = verified_in(&next(&mut requests).await, "caseworkers");
+    assert!(body.get("notice").is_none(), "{body}");
+    assert!(
+        cpr_leaks(&sites.all_logs(), &[CPR]).is_empty(),
+        "a log holds the CPR number"
+    );
 }

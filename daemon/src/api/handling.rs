@@ -194,12 +194,8 @@ fn handled_receipt(handler: v1::Contact, handled_at_ms: crate::Millis) -> v1::Ha
 
 /// The inbox item at `cursor`, if it (still) exists.
 async fn item(state: &ApiState, cursor: u64) -> Option<InboxRecord> {
-    match state
-        .store
-        .inbox_after(cursor.saturating_sub(1), 1, false, None)
-        .await
-    {
-        Ok(mut records) => records.pop().filter(|record| record.cursor == cursor),
+    match crate::store::inbox_item(state.store.as_ref(), cursor).await {
+        Ok(record) => record,
         Err(error) => {
             tracing::error!(cursor, %error, "could not read an inbox item to send its business receipt");
             None

@@ -647,3 +647,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// restart sends again if the daemon stopped before storing them.
     async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError>;
 }
+
+/// The inbox item at `cursor`, if there is one.
+pub async fn inbox_item(store: &dyn Store, cursor: u64) -> Result<Option<InboxRecord>, StoreError> {
+    let mut records = store
+        .inbox_after(cursor.saturating_sub(1), 1, false, None)
+        .await?;
+    Ok(records.pop().filter(|record| record.cursor == cursor))
+}
