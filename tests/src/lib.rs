@@ -292,6 +292,31 @@ impl Sites {
         Ok(Client::connect(&self.site(org_id).socket).await?)
     }
 
+    /// Submits `notice` at `from` to `to` under idempotency key `key` and
+    /// waits up to `within` until it is delivered; returns its notice id.
+    pub async fn deliver(
+        &self,
+        from: &str,
+        to: &str,
+        key: &str,
+        notice: tvaers_client::v1::Notice,
+        within: Duration,
+    ) -> Result<String> {
+        let sender = self.client(from).await?;
+        let submitted = sender
+            .submit(
+                tvaers_client::Submission::new(notice)
+                    .idempotency_key(key)
+                    .to(to),
+            )
+            .await?;
+        let status = sender.wait_delivered(&submitted.notice_id, within).await?;
+        if !status.all_delivered() {
+            bail!("notice {key} was not delivered: {status:?}");
+        }
+        Ok(submitted.notice_id)
+    }
+
     /// A client of the site's admin API (`run/admin.sock`).
     pub async fn admin(&self, org_id: &str) -> Result<tvaers_client::AdminClient> {
         let socket = self.site(org_id).dir.join("run/admin.sock");

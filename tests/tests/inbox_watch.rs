@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tvaers_client::Submission;
 use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites, cli_binary, cpr_leaks};
 use tvaers_proto::validate::sample;
 
@@ -65,21 +64,10 @@ async fn next_line(lines: &mut mpsc::UnboundedReceiver<String>) -> String {
 }
 
 async fn send(sites: &Sites, key: &str, notice: tvaers_client::v1::Notice) -> String {
-    let sender = sites.client(PSYCHIATRY.org_id).await.unwrap();
-    let submitted = sender
-        .submit(
-            Submission::new(notice)
-                .idempotency_key(key)
-                .to(MUNICIPALITY.org_id),
-        )
+    sites
+        .deliver(PSYCHIATRY.org_id, MUNICIPALITY.org_id, key, notice, WAIT)
         .await
-        .unwrap();
-    let status = sender
-        .wait_delivered(&submitted.notice_id, WAIT)
-        .await
-        .unwrap();
-    assert!(status.all_delivered(), "{status:?}");
-    submitted.notice_id
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -58,6 +58,25 @@ async fn eventually<T, F: AsyncFn() -> Option<T>>(what: &str, check: F) -> T {
     }
 }
 
+/// The handler the tests' staff name: a discharge coordinator.
+fn ane_holm() -> v1::Contact {
+    v1::Contact {
+        name: "Ane Holm".into(),
+        role: "udskrivningskoordinator".into(),
+        phone: "+45 55 55 12 34".into(),
+        email: String::new(),
+    }
+}
+
+/// Delivers `notice` from psychiatry to the municipality under `key`;
+/// returns its notice id.
+async fn delivered(sites: &Sites, key: &str, notice: v1::Notice) -> String {
+    sites
+        .deliver(PSYCHIATRY.org_id, MUNICIPALITY.org_id, key, notice, WAIT)
+        .await
+        .unwrap()
+}
+
 fn cursors(items: &[v1::InboxItem]) -> Vec<u64> {
     items.iter().map(|item| item.cursor).collect()
 }
@@ -114,12 +133,7 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
             .await
             .unwrap()
     );
-    let handler = v1::Contact {
-        name: "Ane Holm".into(),
-        role: "udskrivningskoordinator".into(),
-        phone: "+45 55 55 12 34".into(),
-        email: String::new(),
-    };
+    let handler = ane_holm();
     assert!(
         staff
             .mark_handled(
@@ -280,19 +294,7 @@ async fn an_item_not_handled_in_time_is_escalated_once() {
         ("e-1", sample::admission(CPR)),
         ("e-2", sample::no_show(CPR)),
     ] {
-        let id = sender
-            .submit(Submission::new(notice).idempotency_key(key).to(kommune))
-            .await
-            .unwrap()
-            .notice_id;
-        assert!(
-            sender
-                .wait_delivered(&id, WAIT)
-                .await
-                .unwrap()
-                .all_delivered()
-        );
-        ids.push(id);
+        ids.push(delivered(&sites, key, notice).await);
     }
 
     let staff = sites.client(kommune).await.unwrap();
@@ -370,12 +372,7 @@ async fn an_item_not_handled_in_time_is_escalated_once() {
 
     // Handled late, in the team that missed the deadline: the hospital then
     // sees both, overdue first.
-    let handler = v1::Contact {
-        name: "Ane Holm".into(),
-        role: "udskrivningskoordinator".into(),
-        phone: "+45 55 55 12 34".into(),
-        email: String::new(),
-    };
+    let handler = ane_holm();
     assert!(
         staff
             .mark_handled(item.cursor, "discharge-coordinators", handler.clone(), "")
@@ -425,23 +422,7 @@ async fn an_item_not_handled_in_time_is_escalated_once() {
 async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
     let mut sites = routed_sites("").await;
-    let sender = sites.client(psyk).await.unwrap();
-    let id = sender
-        .submit(
-            Submission::new(sample::admission(CPR))
-                .idempotency_key("c-1")
-                .to(kommune),
-        )
-        .await
-        .unwrap()
-        .notice_id;
-    assert!(
-        sender
-            .wait_delivered(&id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    let id = delivered(&sites, "c-1", sample::admission(CPR)).await;
 
     // The hospital is down while the item is handled: the receipt waits in
     // the municipality's outbox.
@@ -452,12 +433,7 @@ async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
         .await
         .unwrap()[0]
         .cursor;
-    let handler = v1::Contact {
-        name: "Ane Holm".into(),
-        role: "udskrivningskoordinator".into(),
-        phone: "+45 55 55 12 34".into(),
-        email: String::new(),
-    };
+    let handler = ane_holm();
     assert!(
         staff
             .mark_handled(cursor, "discharge-coordinators", handler.clone(), "")
@@ -465,23 +441,21 @@ async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
             .unwrap()
     );
     // A crash right after marking: the receipt never reached the outbox.
-    crash_before_storing(&mut sites, kommune, "handled").await;
-
-    // Both back: the municipality notices the handled item without a
-    // receipt and sends it, once.
-    sites.start(kommune).await.unwrap();
-    sites.start(psyk).await.unwrap();
-    let sender = sites.client(psyk).await.unwrap();
-    let handled = business_receipts(&sender, &id, 1).await;
+    // Back up, the municipality notices the handled item without a receipt
+    // and sends it, once.
+    let handled = receipts_after_a_crash(&mut sites, "handled", &id).await;
     assert_eq!(handled.len(), 1);
     assert_eq!(handled[0].handler.as_ref(), Some(&handler));
     assert_eq!(outbox_rows(&sites, kommune).await, 1);
 }
 
-/// Kills `org` and deletes from its database the business receipts (with
-/// idempotency key prefix `prefix`) waiting in its outbox, one, as if it
-/// had crashed before storing them.
-async fn crash_before_storing(sites: &mut Sites, org: &str, prefix: &str) {
+/// Kills the municipality and deletes from its database the business
+/// receipt (idempotency key prefix `prefix`) waiting in its outbox, as if
+/// it had crashed before storing it; starts both sites again and returns
+/// the business receipts the hospital (down until then) gets about its
+/// notice `id`.
+async fn receipts_after_a_crash(sites: &mut Sites, prefix: &str, id: &str) -> Vec<v1::Handled> {
+    let org = MUNICIPALITY.org_id;
     sites.kill(org).unwrap();
     let db = sites.site(org).dir.join("data/tvaers.db");
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
@@ -503,42 +477,25 @@ async fn crash_before_storing(sites: &mut Sites, org: &str, prefix: &str) {
         .await
         .unwrap();
     conn.close().await.unwrap();
+    sites.start(org).await.unwrap();
+    sites.start(PSYCHIATRY.org_id).await.unwrap();
+    let sender = sites.client(PSYCHIATRY.org_id).await.unwrap();
+    business_receipts(&sender, id, 1).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_overdue_receipt_lost_in_a_crash_is_sent_after_the_restart() {
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
     let mut sites = routed_sites(OVERDUE_AT_ONCE).await;
-    let sender = sites.client(psyk).await.unwrap();
     // The hospital is down from delivery on: the overdue receipt waits in
     // the municipality's outbox.
-    let id = sender
-        .submit(
-            Submission::new(sample::admission(CPR))
-                .idempotency_key("o-1")
-                .to(kommune),
-        )
-        .await
-        .unwrap()
-        .notice_id;
-    assert!(
-        sender
-            .wait_delivered(&id, WAIT)
-            .await
-            .unwrap()
-            .all_delivered()
-    );
+    let id = delivered(&sites, "o-1", sample::admission(CPR)).await;
     sites.stop(psyk).await.unwrap();
     eventually("the overdue receipt is stored to send", async || {
         (outbox_rows(&sites, kommune).await == 1).then_some(())
     })
     .await;
-    crash_before_storing(&mut sites, kommune, "overdue").await;
-
-    sites.start(kommune).await.unwrap();
-    sites.start(psyk).await.unwrap();
-    let sender = sites.client(psyk).await.unwrap();
-    let overdue = business_receipts(&sender, &id, 1).await;
+    let overdue = receipts_after_a_crash(&mut sites, "overdue", &id).await;
     assert_eq!(overdue.len(), 1);
     assert_eq!(overdue[0].status, v1::HandledStatus::Overdue as i32);
     assert_eq!(outbox_rows(&sites, kommune).await, 1);

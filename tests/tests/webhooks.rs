@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tvaers_client::{Submission, v1};
+use tvaers_client::v1;
 use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites, cli_binary, cpr_leaks, free_port, http_get};
 use tvaers_proto::validate::sample;
 
@@ -238,21 +238,10 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
 }
 
 async fn send(sites: &Sites, key: &str, notice: v1::Notice) -> String {
-    let sender = sites.client(PSYCHIATRY.org_id).await.unwrap();
-    let submitted = sender
-        .submit(
-            Submission::new(notice)
-                .idempotency_key(key)
-                .to(MUNICIPALITY.org_id),
-        )
+    sites
+        .deliver(PSYCHIATRY.org_id, MUNICIPALITY.org_id, key, notice, WAIT)
         .await
-        .unwrap();
-    let status = sender
-        .wait_delivered(&submitted.notice_id, WAIT)
-        .await
-        .unwrap();
-    assert!(status.all_delivered(), "{status:?}");
-    submitted.notice_id
+        .unwrap()
 }
 
 async fn events(sites: &Sites, state: &str) -> Vec<v1::WebhookEventRow> {
