@@ -35,7 +35,9 @@ pub struct RecipientStatus {
     /// When the daemon tries again (UTC ms), while not settled.
     pub next_attempt_at_ms: Option<i64>,
     /// Who took the notice at the recipient (one per team inbox), with how
-    /// to reach them: from the recipient's signed business receipts.
+    /// to reach them, and where it is overdue there (status
+    /// `HandledStatus::Overdue`: nobody took it before the team's deadline):
+    /// from the recipient's signed business receipts, oldest first.
     pub handled: Vec<v1::Handled>,
 }
 
