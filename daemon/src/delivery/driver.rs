@@ -861,6 +861,11 @@ mod tests {
         async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn listen_inbox(
+            &self,
+        ) -> Result<Option<Box<dyn crate::store::InboxListener>>, StoreError> {
+            Ok(None)
+        }
         async fn close(&self) {}
     }
 

@@ -611,6 +611,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Webhook events per inbox and state, for metrics.
     async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError>;
 
+    /// Hears of inbox items stored by any process sharing this store (other
+    /// daemon instances on one PostgreSQL), so inbox streams wake without
+    /// polling. `None` for a store only this process writes (SQLite), where
+    /// the receive path's own signal is enough.
+    async fn listen_inbox(&self) -> Result<Option<Box<dyn InboxListener>>, StoreError>;
+
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);
+}
+
+/// Notifications of stored inbox items, from [`Store::listen_inbox`].
+#[async_trait::async_trait]
+pub trait InboxListener: Send + std::fmt::Debug {
+    /// Waits for the next notification: `Some(cursor)` when an item was
+    /// stored with that cursor, `None` when notifications may have been
+    /// missed (the connection dropped and is being re-established), so
+    /// whoever waits should read again rather than trust the last cursor.
+    async fn next(&mut self) -> Result<Option<u64>, StoreError>;
 }

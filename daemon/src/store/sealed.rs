@@ -20,10 +20,10 @@ use crate::at_rest::Keyring;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
 
 use super::{
-    AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery,
-    OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store,
-    StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount, WebhookEvent, WebhookFilter,
-    WebhookUpdate,
+    AcceptOutcome, Handled, HandledReceipt, InboxListener, InboxRecord, IncomingNotice, NewNotice,
+    NoticeDelivery, OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport,
+    Store, StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount, WebhookEvent,
+    WebhookFilter, WebhookUpdate,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -328,6 +328,10 @@ impl Store for SealedStore {
 
     async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
         self.inner.webhook_counts().await
+    }
+
+    async fn listen_inbox(&self) -> Result<Option<Box<dyn InboxListener>>, StoreError> {
+        self.inner.listen_inbox().await
     }
 
     async fn close(&self) {

@@ -17,8 +17,12 @@
 //! needs (every write goes through it), an inherent `async fn
 //! lock_audit(tx: &mut Transaction<'static, DB>) -> Result<(), StoreError>`
 //! that keeps other writers from appending to the audit chain until `tx`
-//! ends, an inherent `async fn close_pools(&self)`, and its parameter limit
-//! per statement.
+//! ends, an inherent `async fn announce_inbox(&self, tx, newest_cursor: i64)
+//! -> Result<(), StoreError>` that tells other processes sharing the store,
+//! when `tx` commits, that inbox items up to that cursor were stored, an
+//! inherent `async fn inbox_listener(&self) -> Result<Option<Box<dyn
+//! InboxListener>>, StoreError>` that hears those announcements, an inherent
+//! `async fn close_pools(&self)`, and its parameter limit per statement.
 
 use super::{OutboxState, StoreError, WebhookState};
 
@@ -1135,6 +1139,9 @@ macro_rules! sql_store {
                         })
                         .collect();
                     append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
+                    if let Some(&newest) = stored.values().max() {
+                        self.announce_inbox(&mut tx, newest).await?;
+                    }
 
                     tx.commit().await.map_err(error)?;
 
@@ -1785,6 +1792,10 @@ macro_rules! sql_store {
                             })
                         })
                         .collect()
+                }
+
+                async fn listen_inbox(&self) -> Result<Option<Box<dyn $crate::store::InboxListener>>, StoreError> {
+                    self.inbox_listener().await
                 }
 
                 async fn close(&self) {
