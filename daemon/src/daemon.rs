@@ -267,6 +267,7 @@ pub async fn run(
     let webhook_wake = newest_cursor_rx.clone();
     let inbox_listener =
         crate::inbox_signal::spawn(store.clone(), newest_cursor.clone(), shutdown.clone());
+    let escalation_signal = newest_cursor.clone();
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
         signing_key: signing_key.clone(),
@@ -357,7 +358,7 @@ pub async fn run(
         crate::escalator::spawn(
             store.clone(),
             config.escalation.clone(),
-            newest_cursor_rx.clone(),
+            escalation_signal,
             shutdown.clone(),
         )
     });

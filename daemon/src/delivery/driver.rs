@@ -841,6 +841,18 @@ mod tests {
         async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn team_inbox_after(
+            &self,
+            _: &str,
+            _: u64,
+            _: u32,
+            _: bool,
+        ) -> Result<Vec<crate::store::InboxRecord>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn newest_position(&self) -> Result<u64, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn claim_webhooks(
             &self,
             _: Millis,

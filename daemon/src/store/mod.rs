@@ -248,6 +248,11 @@ pub struct Placement {
     pub escalated_at_ms: Option<Millis>,
     /// For an escalation item: the inbox whose deadline passed.
     pub escalated_from: Option<String>,
+    /// Where it stands in `inbox`'s feed: increasing in the order items
+    /// were placed (an escalation is placed when it happens, after items
+    /// received later), so a team-inbox reader resumes from one (see
+    /// [`Store::team_inbox_after`]).
+    pub position: u64,
 }
 
 /// Who handled an item in a team inbox.
@@ -534,6 +539,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The highest inbox cursor stored (0 when the inbox is empty).
     async fn newest_inbox_cursor(&self) -> Result<u64, StoreError>;
+
+    /// Items placed in team inbox `inbox` at a position greater than
+    /// `after_position`, in position order (see [`Placement::position`]).
+    async fn team_inbox_after(
+        &self,
+        inbox: &str,
+        after_position: u64,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// The highest placement position stored (0 when nothing was placed).
+    async fn newest_position(&self) -> Result<u64, StoreError>;
 
     /// Inbox items with this notice id (one per sender that used it).
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;

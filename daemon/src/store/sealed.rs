@@ -183,6 +183,27 @@ impl Store for SealedStore {
         self.inner.newest_inbox_cursor().await
     }
 
+    async fn team_inbox_after(
+        &self,
+        inbox: &str,
+        after_position: u64,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<InboxRecord>, StoreError> {
+        let records = self
+            .inner
+            .team_inbox_after(inbox, after_position, limit, unacked_only)
+            .await?;
+        records
+            .into_iter()
+            .map(|record| self.open_inbox(record))
+            .collect()
+    }
+
+    async fn newest_position(&self) -> Result<u64, StoreError> {
+        self.inner.newest_position().await
+    }
+
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
         let records = self.inner.inbox_by_notice(notice_id).await?;
         records
