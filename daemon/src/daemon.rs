@@ -265,6 +265,9 @@ pub async fn run(
 
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
     let webhook_wake = newest_cursor_rx.clone();
+    let inbox_listener =
+        crate::inbox_signal::spawn(store.clone(), newest_cursor.clone(), shutdown.clone());
+    let escalation_signal = newest_cursor.clone();
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
         signing_key: signing_key.clone(),
@@ -355,7 +358,7 @@ pub async fn run(
         crate::escalator::spawn(
             state.clone(),
             config.escalation.clone(),
-            newest_cursor_rx.clone(),
+            escalation_signal,
             shutdown.clone(),
         )
     });
@@ -412,6 +415,7 @@ pub async fn run(
     let _ = accept_writer.await;
     let _ = purger.await;
     let _ = webhooks.await;
+    let _ = inbox_listener.await;
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

@@ -75,19 +75,24 @@ pub async fn escalate_due(
 
 /// Runs [`escalate_due`] until `shutdown`, waking for new items
 /// (`newest_cursor`) and deadlines, and tells the senders of the items it
-/// escalates.
+/// escalates. Escalating places items in escalation inboxes, so it raises
+/// `newest_cursor` too: streams of those inboxes wake.
 pub fn spawn(
     state: Arc<ApiState>,
     policy: EscalationPolicy,
-    mut newest_cursor: watch::Receiver<u64>,
+    newest_cursor: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut placed = newest_cursor.subscribe();
         loop {
-            newest_cursor.borrow_and_update();
+            placed.borrow_and_update();
             let now = now_ms();
             let sleep = match escalate_due(state.store.as_ref(), &policy, now).await {
                 Ok((escalated, next)) => {
+                    if !escalated.is_empty() {
+                        newest_cursor.send_modify(|_| {});
+                    }
                     for (cursor, inbox) in escalated {
                         crate::api::handling::tell_overdue(&state, cursor, &inbox, now).await;
                     }
@@ -103,7 +108,7 @@ pub fn spawn(
             tokio::select! {
                 () = tokio::time::sleep(sleep.max(MIN_INTERVAL)) => {}
                 changed = async {
-                    let changed = newest_cursor.changed().await;
+                    let changed = placed.changed().await;
                     tokio::time::sleep(MIN_INTERVAL).await;
                     changed
                 } => if changed.is_err() { return },
