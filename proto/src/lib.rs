@@ -40,6 +40,15 @@ impl std::fmt::Debug for v1::SignedEnvelope {
     }
 }
 
+impl std::fmt::Debug for v1::CareTeamRequest {
+    /// The request is a CPR number and nothing else: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CareTeamRequest")
+            .field("citizen_cpr", &"<redacted>")
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for v1::SignedReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignedReceipt")

@@ -862,6 +862,12 @@ mod tests {
             unimplemented!("not used by the driver")
         }
         async fn close(&self) {}
+        async fn care_team(
+            &self,
+            _: &crate::audit::CitizenRef,
+        ) -> Result<Vec<crate::store::CareTeamContact>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
     }
 
     /// A driver for a peer nobody listens for. The rows these tests enqueue

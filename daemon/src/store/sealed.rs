@@ -10,20 +10,23 @@
 //! does not decrypt, and that is reported as [`StoreError::Corrupt`] naming
 //! the row by its ids only. The handling record of a team-inbox placement
 //! (the handler's contact and a free-text note, which may mention health
-//! details) is sealed the same way, bound to `handling` + cursor + inbox. A
-//! body retention purged (`purged_at_ms` set, bytes empty) stays empty.
+//! details) is sealed the same way, bound to `handling` + cursor + inbox,
+//! and so is a care-team contact (staff names and phone numbers about one
+//! citizen), bound to `care_team` + citizen reference + organisation +
+//! unit. A body retention purged (`purged_at_ms` set, bytes empty) stays
+//! empty.
 
 use std::sync::Arc;
 
 use crate::Millis;
 use crate::at_rest::Keyring;
-use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
+use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
 
 use super::{
-    AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery,
-    OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store,
-    StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount, WebhookEvent, WebhookFilter,
-    WebhookUpdate,
+    AcceptOutcome, CareTeamContact, Handled, HandledReceipt, InboxRecord, IncomingNotice,
+    NewNotice, NoticeDelivery, OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate,
+    PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount,
+    WebhookEvent, WebhookFilter, WebhookUpdate,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -74,6 +77,17 @@ impl SealedStore {
         Ok(item)
     }
 
+    /// Seals a care-team contact for its row, if there is one.
+    fn seal_care_team(&self, contact: &mut Option<CareTeamContact>) -> Result<(), StoreError> {
+        if let Some(contact) = contact {
+            contact.contact = self.seal(
+                &care_team_row(&contact.citizen, &contact.org, &contact.unit),
+                &contact.contact,
+            )?;
+        }
+        Ok(())
+    }
+
     fn open_inbox(&self, mut record: InboxRecord) -> Result<InboxRecord, StoreError> {
         for placement in &mut record.placements {
             if let Some(sealed) = &placement.handling {
@@ -114,6 +128,11 @@ pub fn handling_row<'a>(cursor: &'a [u8; 8], inbox: &'a str) -> [&'a [u8]; 3] {
     [b"handling", cursor, inbox.as_bytes()]
 }
 
+/// What a care-team contact is bound to (its additional data).
+pub fn care_team_row<'a>(citizen: &'a CitizenRef, org: &'a str, unit: &'a str) -> [&'a [u8]; 4] {
+    [b"care_team", &citizen.0, org.as_bytes(), unit.as_bytes()]
+}
+
 /// What an inbox item's envelope is bound to (its additional data).
 pub fn inbox_row<'a>(sender: &'a str, notice_id: &'a str) -> [&'a [u8]; 3] {
     [b"inbox", sender.as_bytes(), notice_id.as_bytes()]
@@ -129,6 +148,7 @@ impl Store for SealedStore {
                     &item.envelope,
                 )?;
             }
+            self.seal_care_team(&mut notice.care_team)?;
         }
         self.inner.submit(batch).await
     }
@@ -158,6 +178,7 @@ impl Store for SealedStore {
                 &inbox_row(&notice.sender, &notice.notice_id),
                 &notice.envelope,
             )?;
+            self.seal_care_team(&mut notice.care_team)?;
         }
         self.inner.accept_inbox(batch).await
     }
@@ -332,6 +353,26 @@ impl Store for SealedStore {
 
     async fn close(&self) {
         self.inner.close().await;
+    }
+
+    async fn care_team(&self, citizen: &CitizenRef) -> Result<Vec<CareTeamContact>, StoreError> {
+        let contacts = self.inner.care_team(citizen).await?;
+        contacts
+            .into_iter()
+            .map(|mut contact| {
+                contact.contact = self.open(
+                    &care_team_row(&contact.citizen, &contact.org, &contact.unit),
+                    &contact.contact,
+                    || {
+                        format!(
+                            "the care-team contact from {} ({}) learned with notice {}",
+                            contact.org, contact.unit, contact.notice_id
+                        )
+                    },
+                )?;
+                Ok(contact)
+            })
+            .collect()
     }
 }
 
