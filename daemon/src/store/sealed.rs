@@ -443,6 +443,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn care_team_contacts_are_ciphertext_in_the_backend_and_bound_to_their_row() {
+        let (_dir, store, inner) = sealed().await;
+        let citizen = CitizenRef(b"citizen-1".to_vec());
+        let contact = |unit: &str| CareTeamContact {
+            citizen: citizen.clone(),
+            org: "org-x".into(),
+            unit: unit.into(),
+            contact: b"Ane Holm +45 55 55 12 34".to_vec(),
+            as_of_ms: 10,
+            learned_at_ms: 20,
+            notice_id: "n-1".into(),
+        };
+        let mut first = suite::incoming("org-x", "in-1", b"r-1");
+        first.care_team = Some(contact("coordinators"));
+        let mut second = suite::incoming("org-x", "in-2", b"r-2");
+        second.care_team = Some(contact("housing"));
+        store.accept_inbox(vec![first, second]).await.unwrap();
+
+        let raw = inner.care_team(&citizen).await.unwrap();
+        assert_eq!(raw.len(), 2);
+        assert!(!raw[0].contact.windows(8).any(|w| w == b"Ane Holm"));
+        let plain = store.care_team(&citizen).await.unwrap();
+        assert_eq!(plain, [contact("coordinators"), contact("housing")]);
+
+        // One unit's ciphertext copied over the other's does not decrypt.
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(_dir.path().join("s.db")),
+        )
+        .await
+        .unwrap();
+        sqlx::query("UPDATE care_team SET contact = ? WHERE unit = 'housing'")
+            .bind(raw[0].contact.clone())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let error = store.care_team(&citizen).await.unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{text}");
+        assert!(text.contains("org-x") && text.contains("housing"), "{text}");
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn a_ciphertext_moved_to_another_row_is_corrupt_named_by_ids() {
         let (_dir, store, inner) = sealed().await;
         let seqs = suite::stored_seqs(
