@@ -8,38 +8,21 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use tvaers_client::{ClientError, Submission, v1};
-use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
+use tvaers_e2e::{MUNICIPALITY, MUNICIPALITY_ROUTES, PSYCHIATRY, Sites};
 use tvaers_proto::validate::sample;
 
 const CPR: &str = "0707814321";
 const WAIT: Duration = Duration::from_secs(30);
 
-const ROUTES: &str = r#"
-[inboxes]
-default = "caseworkers"
-
-[[inboxes.routes]]
-kinds = ["admission", "discharge"]
-to = ["discharge-coordinators"]
-
-[[inboxes.routes]]
-kinds = ["no-show"]
-to = ["housing-support"]
-
-[[inboxes.routes]]
-kinds = ["correction"]
-to = ["discharge-coordinators", "housing-support"]
-"#;
-
-/// The municipality with [`ROUTES`] and `extra` config, and psychiatry,
-/// both running.
+/// The municipality with [`MUNICIPALITY_ROUTES`] and `extra` config, and
+/// psychiatry, both running.
 async fn routed_sites(extra: &str) -> Sites {
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
-    // Tables go before the first `[[peers]]` array of tables.
     sites
-        .edit_config(MUNICIPALITY.org_id, |text| {
-            text.replacen("\n[[peers]]", &format!("{ROUTES}{extra}\n[[peers]]"), 1)
-        })
+        .add_config_tables(
+            MUNICIPALITY.org_id,
+            &format!("{MUNICIPALITY_ROUTES}{extra}"),
+        )
         .unwrap();
     sites.start_all().await.unwrap();
     sites
@@ -56,6 +39,22 @@ async fn eventually<T, F: AsyncFn() -> Option<T>>(what: &str, check: F) -> T {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How many entries of `action` `org`'s audit log holds (only those about
+/// the citizen `cpr`, unless it is empty).
+async fn audit_count(sites: &Sites, org: &str, cpr: &str, action: &str) -> usize {
+    let audit = sites
+        .admin(org)
+        .await
+        .unwrap()
+        .audit_entries(v1::AuditEntriesRequest {
+            citizen_cpr: cpr.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    audit.entries.iter().filter(|e| e.action == action).count()
 }
 
 fn cursors(items: &[v1::InboxItem]) -> Vec<u64> {
@@ -297,18 +296,7 @@ close = "24:00"
             .len(),
         1
     );
-    let audit = sites
-        .admin(kommune)
-        .await
-        .unwrap()
-        .audit_entries(v1::AuditEntriesRequest::default())
-        .await
-        .unwrap();
-    let escalations = audit
-        .entries
-        .iter()
-        .filter(|e| e.action == "escalated")
-        .count();
+    let escalations = audit_count(&sites, kommune, "", "escalated").await;
     assert_eq!(escalations, 1);
 }
 
@@ -584,21 +572,7 @@ async fn the_care_team_view_lists_the_latest_contact_per_organisation() {
 
     // Every lookup of this citizen is in psychiatry's audit log, under the
     // citizen: two through the client, one through the CLI.
-    let audit = sites
-        .admin(psyk)
-        .await
-        .unwrap()
-        .audit_entries(v1::AuditEntriesRequest {
-            citizen_cpr: CPR.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let lookups = audit
-        .entries
-        .iter()
-        .filter(|e| e.action == "care_team_viewed")
-        .count();
+    let lookups = audit_count(&sites, psyk, CPR, "care_team_viewed").await;
     assert_eq!(lookups, 3, "the empty, the full and the CLI lookup");
     assert!(
         !sites.all_logs().contains(CPR),

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tvaers_client::{Client, DeliveryState, Submission, v1};
 use tvaers_daemon::config::format_time;
-use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, PSYCHIATRY, Sites, Tuning};
+use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, MUNICIPALITY_ROUTES, PSYCHIATRY, Sites, Tuning};
 use tvaers_proto::validate::sample;
 
 /// Run three tvaers sites (municipality, psychiatry, general practice) on
@@ -37,39 +37,21 @@ struct Args {
 /// A made-up citizen (a valid CPR format; not a real person).
 const CITIZEN: &str = "0707814321";
 
-/// Routing rules of the municipality: the team inbox per notice kind.
-const MUNICIPALITY_INBOXES: &str = r#"
-[inboxes]
-default = "caseworkers"
-
-[[inboxes.routes]]
-kinds = ["admission", "discharge"]
-to = ["discharge-coordinators"]
-
-[[inboxes.routes]]
-kinds = ["no-show"]
-to = ["housing-support"]
-
-[[inboxes.routes]]
-kinds = ["plan-change"]
-to = ["coordinating-caseworkers"]
-"#;
-
 /// Routing rules of the general practice: everything to the clinic.
 const PRACTICE_INBOXES: &str = r#"
 [inboxes]
 default = "clinic"
 "#;
 
-/// The team inbox a notice of `kind` should land in at `org`, by the rules
-/// above (psychiatry has none: everything goes to `main`). A handled
-/// receipt is for the delivery status, in no team inbox.
+/// The team inbox a notice of `kind` should land in at `org`, by
+/// [`MUNICIPALITY_ROUTES`] and [`PRACTICE_INBOXES`] (psychiatry has no
+/// rules: everything goes to `main`). A handled receipt is for the delivery
+/// status, in no team inbox.
 fn expected_inbox(org: &str, kind: &str) -> Option<&'static str> {
     Some(match (org, kind) {
         (_, "handled") => return None,
         (o, "admission" | "discharge") if o == MUNICIPALITY.org_id => "discharge-coordinators",
         (o, "no_show") if o == MUNICIPALITY.org_id => "housing-support",
-        (o, "plan_change") if o == MUNICIPALITY.org_id => "coordinating-caseworkers",
         (o, _) if o == MUNICIPALITY.org_id => "caseworkers",
         (o, _) if o == GENERAL_PRACTICE.org_id => "clinic",
         _ => "main",
@@ -122,15 +104,8 @@ async fn run(args: Args) -> Result<()> {
         }
         None => Sites::temporary(&specs)?,
     };
-    // Tables go before the first `[[peers]]` array of tables.
-    for (org, rules) in [
-        (MUNICIPALITY.org_id, MUNICIPALITY_INBOXES),
-        (GENERAL_PRACTICE.org_id, PRACTICE_INBOXES),
-    ] {
-        sites.edit_config(org, |text| {
-            text.replacen("\n[[peers]]", &format!("{rules}\n[[peers]]"), 1)
-        })?;
-    }
+    sites.add_config_tables(MUNICIPALITY.org_id, MUNICIPALITY_ROUTES)?;
+    sites.add_config_tables(GENERAL_PRACTICE.org_id, PRACTICE_INBOXES)?;
     println!("Sites in {}", sites.root.display());
     println!("Starting three daemons …");
     sites.start_all().await?;
