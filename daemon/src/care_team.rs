@@ -5,7 +5,11 @@
 //! Two kinds of notices teach a contact: a handled receipt a peer sends
 //! about one of our notices (the handler, in the team inbox that took it)
 //! and a plan change, sent or received (its coordinating caseworker).
-//! Overdue receipts and anything else name nobody and teach nothing.
+//! Overdue receipts and the other kinds name nobody and teach nothing. A
+//! correction (retract or replace) of a notice withdraws what that notice
+//! taught: a retracted admission may have been about the wrong citizen, and
+//! its handler must not stay in that citizen's care team. (A correction
+//! that arrives before the notice it withdraws cannot stop it.)
 //!
 //! **Stored when learned, not derived when asked.** The notices that teach
 //! a contact are sealed envelopes the store never decodes, and retention
@@ -24,7 +28,7 @@ use tvaers_proto::v1;
 
 use crate::Millis;
 use crate::audit::CitizenRef;
-use crate::store::CareTeamContact;
+use crate::store::{CareTeamChange, CareTeamContact};
 
 /// The unit of a plan's coordinating caseworker: one per organisation.
 pub const COORDINATOR_UNIT: &str = "coordinating-caseworker";
@@ -48,21 +52,39 @@ pub struct Learned<'a> {
 }
 
 impl Learned<'_> {
-    /// What a notice a peer sent us teaches: a handled receipt's handler
-    /// or a plan change's coordinating caseworker.
-    pub fn received(&self) -> Option<CareTeamContact> {
+    /// What a notice a peer sent us changes: a handled receipt's handler
+    /// or a plan change's coordinating caseworker is learned; a correction
+    /// withdraws what the peer's corrected notice taught.
+    pub fn received(&self) -> Option<CareTeamChange> {
         match &self.notice.payload {
-            Some(v1::notice::Payload::Handled(handled)) => self.handler(handled),
-            Some(v1::notice::Payload::PlanChange(plan)) => self.coordinator(plan),
+            Some(v1::notice::Payload::Handled(handled)) => {
+                self.handler(handled).map(CareTeamChange::Learn)
+            }
+            Some(v1::notice::Payload::PlanChange(plan)) => {
+                self.coordinator(plan).map(CareTeamChange::Learn)
+            }
+            Some(v1::notice::Payload::Correction(correction)) => Some(CareTeamChange::Forget {
+                // Only what this peer told us: it may not withdraw others'.
+                org: Some(self.sender.to_owned()),
+                notice_id: correction.refers_to_notice_id.clone(),
+            }),
             _ => None,
         }
     }
 
-    /// What a notice we send teaches: only a plan change's coordinating
-    /// caseworker (a handled receipt we send names our own staff).
-    pub fn sent(&self) -> Option<CareTeamContact> {
+    /// What a notice we send changes: a plan change's coordinating
+    /// caseworker is learned (a handled receipt we send names our own
+    /// staff); a correction withdraws what our corrected notice taught,
+    /// including the handlers peers told us about it.
+    pub fn sent(&self) -> Option<CareTeamChange> {
         match &self.notice.payload {
-            Some(v1::notice::Payload::PlanChange(plan)) => self.coordinator(plan),
+            Some(v1::notice::Payload::PlanChange(plan)) => {
+                self.coordinator(plan).map(CareTeamChange::Learn)
+            }
+            Some(v1::notice::Payload::Correction(correction)) => Some(CareTeamChange::Forget {
+                org: None,
+                notice_id: correction.refers_to_notice_id.clone(),
+            }),
             _ => None,
         }
     }
@@ -159,6 +181,28 @@ mod tests {
 
     static CITIZEN: CitizenRef = CitizenRef(Vec::new());
 
+    fn learn(change: Option<CareTeamChange>) -> CareTeamContact {
+        match change {
+            Some(CareTeamChange::Learn(contact)) => contact,
+            other => panic!("expected a contact to learn, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_correction_withdraws_what_the_corrected_notice_taught() {
+        let notice = sample::correction(CPR, "01a20a50-e02b-74e7-b55e-87017abceebe");
+        let forget = |org: Option<&str>| {
+            Some(CareTeamChange::Forget {
+                org: org.map(str::to_owned),
+                notice_id: "01a20a50-e02b-74e7-b55e-87017abceebe".to_owned(),
+            })
+        };
+        // From a peer: only what that peer told us.
+        assert_eq!(learned(&notice).received(), forget(Some("org-x")));
+        // Ours: also the handled receipts peers sent about it.
+        assert_eq!(learned(&notice).sent(), forget(None));
+    }
+
     fn handled(status: v1::HandledStatus) -> v1::Notice {
         v1::Notice {
             citizen_cpr: CPR.into(),
@@ -181,7 +225,7 @@ mod tests {
     #[test]
     fn a_handled_receipt_teaches_its_handler_in_its_team_about_our_notice() {
         let notice = handled(v1::HandledStatus::Handled);
-        let contact = learned(&notice).received().unwrap();
+        let contact = learn(learned(&notice).received());
         assert_eq!(contact.org, "org-x");
         assert_eq!(contact.unit, "discharge-coordinators");
         assert_eq!(contact.notice_id, "ours-1");
@@ -208,8 +252,8 @@ mod tests {
         };
         let caseworker = plan.coordinating_caseworker.clone().unwrap();
         for contact in [
-            learned(&notice).received().unwrap(),
-            learned(&notice).sent().unwrap(),
+            learn(learned(&notice).received()),
+            learn(learned(&notice).sent()),
         ] {
             assert_eq!(contact.unit, COORDINATOR_UNIT);
             assert_eq!(

@@ -574,6 +574,20 @@ async fn the_care_team_view_lists_the_latest_contact_per_organisation() {
     // citizen: two through the client, one through the CLI.
     let lookups = audit_count(&sites, psyk, CPR, "care_team_viewed").await;
     assert_eq!(lookups, 3, "the empty, the full and the CLI lookup");
+
+    // Psychiatry retracts its discharge (say, the wrong citizen): Bo, who
+    // took it, leaves the citizen's care team; the coordinator stays.
+    hospital
+        .submit(
+            Submission::new(sample::correction(CPR, &ids[1]))
+                .idempotency_key("c-4")
+                .to(kommune),
+        )
+        .await
+        .unwrap();
+    let team = hospital.care_team(CPR).await.unwrap();
+    let units: Vec<&str> = team.iter().map(|m| m.unit.as_str()).collect();
+    assert_eq!(units, ["coordinating-caseworker"]);
     assert!(
         !sites.all_logs().contains(CPR),
         "a CPR number appears in the logs"

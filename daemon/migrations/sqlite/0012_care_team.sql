@@ -14,3 +14,5 @@ CREATE TABLE care_team (
     notice_id     TEXT    NOT NULL,
     PRIMARY KEY (citizen_ref, org, unit)
 );
+-- A correction withdraws what its notice taught, by notice id.
+CREATE INDEX care_team_by_notice ON care_team (notice_id);

@@ -93,9 +93,10 @@ pub struct NewNotice {
     /// Who submitted it, for the audit entry (see [`crate::audit`]).
     pub actor: String,
     pub citizen: Option<CitizenRef>,
-    /// A contact the notice names (a plan change's coordinating
-    /// caseworker): stored for the care-team view with the notice.
-    pub care_team: Option<CareTeamContact>,
+    /// What the notice changes in the care-team view (a plan change's
+    /// coordinating caseworker; a correction withdrawing what an earlier
+    /// notice taught), applied with the notice.
+    pub care_team: Option<CareTeamChange>,
 }
 
 #[derive(Debug, Clone)]
@@ -212,10 +213,11 @@ pub struct IncomingNotice {
     /// For a business receipt (`Handled`) about a notice we sent: stored
     /// with it, for the delivery status.
     pub handled: Option<HandledReceipt>,
-    /// A contact it teaches (a handled receipt's handler, a plan change's
-    /// coordinating caseworker): stored for the care-team view with the
-    /// item, when the item is new.
-    pub care_team: Option<CareTeamContact>,
+    /// What it changes in the care-team view (a handled receipt's
+    /// handler, a plan change's coordinating caseworker, a correction
+    /// withdrawing what an earlier notice taught), applied with the item
+    /// when the item is new.
+    pub care_team: Option<CareTeamChange>,
 }
 
 /// A peer's business receipt about one of our notices: who took it there.
@@ -416,6 +418,20 @@ pub struct CareTeamContact {
     pub learned_at_ms: Millis,
     /// The notice it was learned from or about.
     pub notice_id: String,
+}
+
+/// What one notice changes in the care-team view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CareTeamChange {
+    /// A contact to keep, unless one at least as recent is stored.
+    Learn(CareTeamContact),
+    /// A correction withdrew notice `notice_id`: the contacts learned from
+    /// or about it go (only those `org` told us, when given). A contact
+    /// that has since replaced them stays.
+    Forget {
+        org: Option<String>,
+        notice_id: String,
+    },
 }
 
 /// Counts for health output.

@@ -23,10 +23,10 @@ use crate::at_rest::Keyring;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
 
 use super::{
-    AcceptOutcome, CareTeamContact, Handled, HandledReceipt, InboxRecord, IncomingNotice,
-    NewNotice, NoticeDelivery, OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate,
-    PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount,
-    WebhookEvent, WebhookFilter, WebhookUpdate,
+    AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxRecord,
+    IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem,
+    OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
+    WebhookCount, WebhookEvent, WebhookFilter, WebhookUpdate,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -78,8 +78,8 @@ impl SealedStore {
     }
 
     /// Seals a care-team contact for its row, if there is one.
-    fn seal_care_team(&self, contact: &mut Option<CareTeamContact>) -> Result<(), StoreError> {
-        if let Some(contact) = contact {
+    fn seal_care_team(&self, change: &mut Option<CareTeamChange>) -> Result<(), StoreError> {
+        if let Some(CareTeamChange::Learn(contact)) = change {
             contact.contact = self.seal(
                 &care_team_row(&contact.citizen, &contact.org, &contact.unit),
                 &contact.contact,
@@ -456,9 +456,9 @@ mod tests {
             notice_id: "n-1".into(),
         };
         let mut first = suite::incoming("org-x", "in-1", b"r-1");
-        first.care_team = Some(contact("coordinators"));
+        first.care_team = Some(CareTeamChange::Learn(contact("coordinators")));
         let mut second = suite::incoming("org-x", "in-2", b"r-2");
-        second.care_team = Some(contact("housing"));
+        second.care_team = Some(CareTeamChange::Learn(contact("housing")));
         store.accept_inbox(vec![first, second]).await.unwrap();
 
         let raw = inner.care_team(&citizen).await.unwrap();

@@ -87,7 +87,7 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, CareTeamContact, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
+                AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
                 OpenPlacement, OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
                 WebhookCount, WebhookEvent, WebhookFilter, WebhookState, WebhookUpdate,
             };
@@ -351,19 +351,29 @@ macro_rules! sql_store {
                 Ok((row.try_get(0).map_err(error)?, row.try_get(1).map_err(error)?))
             }
 
-            /// Stores care-team contacts inside `tx`: per (citizen,
-            /// organisation, unit) the one with the latest `as_of_ms` stays,
-            /// whether it came in this batch or before.
-            async fn upsert_care_team(
+            /// Applies care-team changes inside `tx`: per (citizen,
+            /// organisation, unit) the contact with the latest `as_of_ms`
+            /// stays, whether it came in this batch or before; then the
+            /// contacts of withdrawn notices go (also those learned in this
+            /// batch).
+            async fn change_care_team(
                 tx: &mut Transaction<'static, $db>,
                 operation: &'static str,
-                contacts: Vec<&CareTeamContact>,
+                changes: Vec<&CareTeamChange>,
             ) -> Result<(), StoreError> {
                 let error = query_error(operation);
                 // One statement may not touch a row twice (PostgreSQL
                 // refuses): the latest per key of this batch goes in.
                 let mut latest: BTreeMap<(&[u8], &str, &str), &CareTeamContact> = BTreeMap::new();
-                for contact in contacts {
+                let mut forget = Vec::new();
+                for change in changes {
+                    let contact = match change {
+                        CareTeamChange::Learn(contact) => contact,
+                        CareTeamChange::Forget { org, notice_id } => {
+                            forget.push((org.as_deref(), notice_id.as_str()));
+                            continue;
+                        }
+                    };
                     let key = (contact.citizen.0.as_slice(), contact.org.as_str(), contact.unit.as_str());
                     match latest.entry(key) {
                         std::collections::btree_map::Entry::Vacant(entry) => {
@@ -397,6 +407,15 @@ macro_rules! sql_store {
                          learned_at_ms = excluded.learned_at_ms, notice_id = excluded.notice_id \
                          WHERE excluded.as_of_ms >= care_team.as_of_ms",
                     );
+                    query.build().persistent(false).execute(&mut **tx).await.map_err(error)?;
+                }
+                for (org, notice_id) in forget {
+                    let mut query = QueryBuilder::<$db>::new("DELETE FROM care_team WHERE notice_id = ");
+                    query.push_bind(notice_id);
+                    if let Some(org) = org {
+                        query.push(" AND org = ");
+                        query.push_bind(org);
+                    }
                     query.build().persistent(false).execute(&mut **tx).await.map_err(error)?;
                 }
                 Ok(())
@@ -718,13 +737,13 @@ macro_rules! sql_store {
                                 .detail(format!("to {}", recipients.join(", ")))
                         })
                         .collect();
-                    let contacts = firsts
+                    let changes = firsts
                         .iter()
                         .map(|&index| &batch[index])
                         .filter(|notice| stored_keys.contains(&notice.idempotency_key))
                         .filter_map(|notice| notice.care_team.as_ref())
                         .collect();
-                    upsert_care_team(&mut tx, OP, contacts).await?;
+                    change_care_team(&mut tx, OP, changes).await?;
                     append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
 
                     tx.commit().await.map_err(error)?;
@@ -1125,13 +1144,13 @@ macro_rules! sql_store {
                         query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
                     }
 
-                    let contacts = firsts
+                    let changes = firsts
                         .iter()
                         .map(|&index| &batch[index])
                         .filter(|notice| stored.contains_key(&(notice.sender.clone(), notice.notice_id.clone())))
                         .filter_map(|notice| notice.care_team.as_ref())
                         .collect();
-                    upsert_care_team(&mut tx, OP, contacts).await?;
+                    change_care_team(&mut tx, OP, changes).await?;
 
                     // A webhook event per new placement in an inbox with a webhook, in
                     // this transaction: a placement is never without its event.

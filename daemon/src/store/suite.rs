@@ -2176,6 +2176,11 @@ pub(crate) async fn newest_inbox_cursor_follows_accepts(store: &dyn Store) {
     assert_eq!(store.newest_inbox_cursor().await.unwrap(), newest);
 }
 
+/// Learn [`contact`]`(…)`.
+fn learn(citizen: &str, org: &str, unit: &str, who: &str, as_of: Millis) -> super::CareTeamChange {
+    super::CareTeamChange::Learn(contact(citizen, org, unit, who, as_of))
+}
+
 /// A care-team contact for `citizen` from `org`'s `unit`, holding at `as_of`.
 fn contact(
     citizen: &str,
@@ -2238,20 +2243,20 @@ pub(crate) async fn care_team_keeps_the_latest_contact_per_organisation_and_unit
         ("ct-4", contact("cit-b", "org-x", "coordinators", "Ib", 100)),
     ] {
         let mut item = incoming("org-x", id, b"r");
-        item.care_team = Some(care);
+        item.care_team = Some(super::CareTeamChange::Learn(care));
         items.push(item);
     }
     // In the same batch as a contact with the same key: the later stays.
     let mut same_batch = incoming("org-y", "ct-5", b"r");
-    same_batch.care_team = Some(contact("cit-a", "org-y", "caseworker", "Ole", 500));
+    same_batch.care_team = Some(learn("cit-a", "org-y", "caseworker", "Ole", 500));
     let mut same_batch_older = incoming("org-y", "ct-6", b"r");
-    same_batch_older.care_team = Some(contact("cit-a", "org-y", "caseworker", "Kim", 400));
+    same_batch_older.care_team = Some(learn("cit-a", "org-y", "caseworker", "Kim", 400));
     items.push(same_batch);
     items.push(same_batch_older);
     store.accept_inbox(items).await.unwrap();
     // A resent item teaches nothing new: it is a duplicate.
     let mut resent = incoming("org-x", "ct-2", b"r");
-    resent.care_team = Some(contact("cit-a", "org-x", "coordinators", "Ane, again", 900));
+    resent.care_team = Some(learn("cit-a", "org-x", "coordinators", "Ane, again", 900));
     store.accept_inbox(vec![resent]).await.unwrap();
 
     assert_eq!(
@@ -2271,12 +2276,12 @@ pub(crate) async fn care_team_keeps_the_latest_contact_per_organisation_and_unit
     // Learned from a plan change we submit: a later one replaces it, an
     // older one (and a duplicate submit) does not.
     let mut plan = notice("plan-1", "k-plan-1", &["org-y"]);
-    plan.care_team = Some(contact("cit-a", "org-a", "coordinator", "Lis", 600));
+    plan.care_team = Some(learn("cit-a", "org-a", "coordinator", "Lis", 600));
     let mut older = notice("plan-2", "k-plan-2", &["org-y"]);
-    older.care_team = Some(contact("cit-a", "org-a", "coordinator", "Per", 550));
+    older.care_team = Some(learn("cit-a", "org-a", "coordinator", "Per", 550));
     store.submit(vec![plan, older]).await.unwrap();
     let mut duplicate = notice("plan-3", "k-plan-1", &["org-y"]);
-    duplicate.care_team = Some(contact("cit-a", "org-a", "coordinator", "Dup", 999));
+    duplicate.care_team = Some(learn("cit-a", "org-a", "coordinator", "Dup", 999));
     store.submit(vec![duplicate]).await.unwrap();
     let team = care_team_of(store, "cit-a").await;
     assert_eq!(
@@ -2284,7 +2289,7 @@ pub(crate) async fn care_team_keeps_the_latest_contact_per_organisation_and_unit
         ("org-a".into(), "coordinator".into(), "Lis".into(), 600)
     );
     let mut newer = notice("plan-4", "k-plan-4", &["org-y"]);
-    newer.care_team = Some(contact("cit-a", "org-a", "coordinator", "Mia", 700));
+    newer.care_team = Some(learn("cit-a", "org-a", "coordinator", "Mia", 700));
     store.submit(vec![newer]).await.unwrap();
     let team = care_team_of(store, "cit-a").await;
     assert_eq!(team.len(), 4);
@@ -2298,6 +2303,37 @@ pub(crate) async fn care_team_keeps_the_latest_contact_per_organisation_and_unit
         [("org-x".into(), "coordinators".into(), "Ib".into(), 100)]
     );
     assert!(care_team_of(store, "cit-c").await.is_empty());
+
+    // A correction withdraws what its notice taught: from a peer only that
+    // peer's (org-y's "about Eva" would be org-x's), ours any peer's.
+    let forget = |org: Option<&str>, who: &str| super::CareTeamChange::Forget {
+        org: org.map(str::to_owned),
+        notice_id: format!("about {who}"),
+    };
+    let mut not_theirs = incoming("org-y", "ct-7", b"r");
+    not_theirs.care_team = Some(forget(Some("org-y"), "Eva"));
+    let mut theirs = incoming("org-y", "ct-8", b"r");
+    theirs.care_team = Some(forget(Some("org-y"), "Ole"));
+    // Replaced already: "Ane, earlier" is no longer stored, Bo stays.
+    let mut replaced = incoming("org-x", "ct-9", b"r");
+    replaced.care_team = Some(forget(Some("org-x"), "Ane, earlier"));
+    store
+        .accept_inbox(vec![not_theirs, theirs, replaced])
+        .await
+        .unwrap();
+    let mut ours = notice("corr-1", "k-corr-1", &["org-x"]);
+    ours.care_team = Some(forget(None, "Ib"));
+    store.submit(vec![ours]).await.unwrap();
+    let units = |team: Vec<(String, String, String, Millis)>| -> Vec<String> {
+        team.into_iter()
+            .map(|(org, unit, _, _)| format!("{org}/{unit}"))
+            .collect()
+    };
+    assert_eq!(
+        units(care_team_of(store, "cit-a").await),
+        ["org-a/coordinator", "org-x/coordinators", "org-x/housing"]
+    );
+    assert!(care_team_of(store, "cit-b").await.is_empty());
 }
 
 /// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
