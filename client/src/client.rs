@@ -194,19 +194,23 @@ impl Client {
         self.list(after_cursor, limit, true).await
     }
 
-    /// Like [`list_inbox`](Self::list_inbox), only the items routed to one
-    /// team inbox (see each item's `placements`).
+    /// The items placed in one team inbox (see each item's `placements`)
+    /// at a position greater than `after_position` (0 for the start), in
+    /// the order they were placed there: page on with the last item's
+    /// `position`. An item escalated into the inbox is placed when it is
+    /// escalated, so it comes after items received later.
     pub async fn list_team_inbox(
         &self,
         inbox: &str,
-        after_cursor: u64,
+        after_position: u64,
         limit: u32,
     ) -> Result<Vec<v1::InboxItem>, ClientError> {
         self.list_request(v1::ListInboxRequest {
-            after_cursor,
+            after_cursor: 0,
             limit,
             unacked_only: false,
             inbox: inbox.to_owned(),
+            after_position,
         })
         .await
     }
@@ -222,6 +226,7 @@ impl Client {
             limit,
             unacked_only,
             inbox: String::new(),
+            after_position: 0,
         })
         .await
     }
@@ -244,28 +249,31 @@ impl Client {
     /// Read it with [`StreamExt::next`](crate::StreamExt::next); see
     /// [`InboxStream`] for resuming after a disconnect.
     pub fn inbox_stream(&self, after_cursor: u64) -> InboxStream {
-        self.stream(String::new(), Some(after_cursor))
+        self.stream(v1::StreamInboxRequest {
+            after_cursor,
+            ..Default::default()
+        })
     }
 
-    /// Like [`inbox_stream`](Self::inbox_stream), only the items routed to
-    /// one team inbox, after `after_cursor` or, with `None`, only those
-    /// arriving from now on. Resume with `client.team_inbox_stream(inbox,
-    /// Some(stream.last_cursor()))` once an item was seen.
-    pub fn team_inbox_stream(&self, inbox: &str, after_cursor: Option<u64>) -> InboxStream {
-        self.stream(inbox.to_owned(), after_cursor)
+    /// Like [`inbox_stream`](Self::inbox_stream), only the items placed in
+    /// one team inbox, in the order they were placed there (escalations
+    /// included), after position `after_position` or, with `None`, only
+    /// those placed from now on. Resume with `client.team_inbox_stream(inbox,
+    /// Some(stream.last_position()))` once an item was seen.
+    pub fn team_inbox_stream(&self, inbox: &str, after_position: Option<u64>) -> InboxStream {
+        self.stream(v1::StreamInboxRequest {
+            inbox: inbox.to_owned(),
+            from_newest: after_position.is_none(),
+            after_position: after_position.unwrap_or_default(),
+            ..Default::default()
+        })
     }
 
-    fn stream(&self, inbox: String, after_cursor: Option<u64>) -> InboxStream {
+    fn stream(&self, request: v1::StreamInboxRequest) -> InboxStream {
         let mut inner = self.inner.clone();
-        let open = Box::pin(async move {
-            let request = v1::StreamInboxRequest {
-                after_cursor: after_cursor.unwrap_or_default(),
-                inbox,
-                from_newest: after_cursor.is_none(),
-            };
-            Ok(inner.stream_inbox(request).await?.into_inner())
-        });
-        InboxStream::new(open, self.target.clone(), after_cursor.unwrap_or_default())
+        let (after_cursor, after_position) = (request.after_cursor, request.after_position);
+        let open = Box::pin(async move { Ok(inner.stream_inbox(request).await?.into_inner()) });
+        InboxStream::new(open, self.target.clone(), after_cursor, after_position)
     }
 
     /// Records that `reader` (a staff member, as the local system names

@@ -24,20 +24,28 @@ enum State {
 ///
 /// The call to the daemon is made on the first poll. The stream ends after
 /// the first error (the daemon stopped, the connection broke): resume with
-/// `client.inbox_stream(stream.last_cursor())`, which neither skips nor
-/// repeats an item.
+/// `client.inbox_stream(stream.last_cursor())` (for a team inbox:
+/// `client.team_inbox_stream(inbox, Some(stream.last_position()))`), which
+/// neither skips nor repeats an item.
 pub struct InboxStream {
     state: State,
     target: Target,
     last_cursor: u64,
+    last_position: u64,
 }
 
 impl InboxStream {
-    pub(crate) fn new(open: OpenFuture, target: Target, after_cursor: u64) -> Self {
+    pub(crate) fn new(
+        open: OpenFuture,
+        target: Target,
+        after_cursor: u64,
+        after_position: u64,
+    ) -> Self {
         InboxStream {
             state: State::Opening(open),
             target,
             last_cursor: after_cursor,
+            last_position: after_position,
         }
     }
 
@@ -45,6 +53,12 @@ impl InboxStream {
     /// the first one.
     pub fn last_cursor(&self) -> u64 {
         self.last_cursor
+    }
+
+    /// Of a team-inbox stream: the position of the last item yielded in
+    /// that inbox, or the starting position before the first one.
+    pub fn last_position(&self) -> u64 {
+        self.last_position
     }
 }
 
@@ -59,6 +73,7 @@ impl fmt::Debug for InboxStream {
             .field("state", &state)
             .field("target", &self.target)
             .field("last_cursor", &self.last_cursor)
+            .field("last_position", &self.last_position)
             .finish()
     }
 }
@@ -84,6 +99,7 @@ impl Stream for InboxStream {
                     return match ready!(Pin::new(streaming.as_mut()).poll_next(cx)) {
                         Some(Ok(item)) => {
                             this.last_cursor = item.cursor;
+                            this.last_position = item.position;
                             Poll::Ready(Some(Ok(item)))
                         }
                         Some(Err(status)) => {

@@ -35,6 +35,7 @@ fn item(cursor: u64) -> v1::InboxItem {
         purged_at_ms: 0,
         sender: "region-h".into(),
         notice_id: format!("notice-{cursor}"),
+        position: 0,
     }
 }
 

@@ -265,6 +265,9 @@ pub async fn run(
 
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
     let webhook_wake = newest_cursor_rx.clone();
+    let inbox_listener =
+        crate::inbox_signal::spawn(store.clone(), newest_cursor.clone(), shutdown.clone());
+    let escalation_signal = newest_cursor.clone();
     let receiver = Arc::new(Receiver {
         org_id: config.site.org_id.clone(),
         signing_key: signing_key.clone(),
@@ -356,7 +359,7 @@ pub async fn run(
         crate::escalator::spawn(
             store.clone(),
             config.escalation.clone(),
-            newest_cursor_rx.clone(),
+            escalation_signal,
             shutdown.clone(),
         )
     });
@@ -411,6 +414,7 @@ pub async fn run(
         let _ = escalator.await;
     }
     let _ = webhooks.await;
+    let _ = inbox_listener.await;
     endpoint.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

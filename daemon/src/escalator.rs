@@ -71,21 +71,28 @@ pub async fn escalate_due(
 }
 
 /// Runs [`escalate_due`] until `shutdown`, waking for new items
-/// (`newest_cursor`) and deadlines.
+/// (`newest_cursor`) and deadlines. Escalating places items in escalation
+/// inboxes, so it raises `newest_cursor` too: streams of those inboxes wake.
 pub fn spawn(
     store: Arc<dyn Store>,
     policy: EscalationPolicy,
-    mut newest_cursor: watch::Receiver<u64>,
+    newest_cursor: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut placed = newest_cursor.subscribe();
         loop {
-            newest_cursor.borrow_and_update();
+            placed.borrow_and_update();
             let now = now_ms();
             let sleep = match escalate_due(store.as_ref(), &policy, now).await {
-                Ok((_, next)) => next.map_or(MAX_SLEEP, |at| {
-                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_SLEEP)
-                }),
+                Ok((escalated, next)) => {
+                    if escalated > 0 {
+                        newest_cursor.send_modify(|_| {});
+                    }
+                    next.map_or(MAX_SLEEP, |at| {
+                        Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_SLEEP)
+                    })
+                }
                 Err(error) => {
                     tracing::error!(%error, "escalation: cannot read or write the store; retrying");
                     Duration::from_secs(5)
@@ -94,7 +101,7 @@ pub fn spawn(
             tokio::select! {
                 () = tokio::time::sleep(sleep.max(MIN_INTERVAL)) => {}
                 changed = async {
-                    let changed = newest_cursor.changed().await;
+                    let changed = placed.changed().await;
                     tokio::time::sleep(MIN_INTERVAL).await;
                     changed
                 } => if changed.is_err() { return },

@@ -10,7 +10,7 @@
 //! | the peer receives it | [`receive`] |
 //! | it is routed to staff inboxes | [`routing`] |
 //! | its handling deadline passes | [`escalation`] (no I/O), in [`working_hours`], applied by [`escalator`] |
-//! | it is read from the inbox | [`api::inbox`] |
+//! | it is read from the inbox | [`api::inbox`], woken across instances by [`inbox_signal`] |
 //! | the team's own system is told | [`webhook`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
@@ -34,6 +34,7 @@ pub mod delivery;
 pub mod escalation;
 pub mod escalator;
 pub mod identity;
+pub mod inbox_signal;
 pub mod metrics;
 pub mod peers;
 pub mod receive;

@@ -97,6 +97,11 @@ async fn watch_prints_new_items_of_one_team_inbox_and_ends_on_ctrl_c() {
     let old = send(&sites, "old", sample::admission(CPR)).await;
     let staff = sites.client(kommune).await.unwrap();
     let old_cursor = staff.list_inbox(0, 10).await.unwrap()[0].cursor;
+    let old_position = staff
+        .list_team_inbox("discharge-coordinators", 0, 10)
+        .await
+        .unwrap()[0]
+        .position;
 
     let (mut plain, mut plain_lines) = watch(&sites, false, &["discharge-coordinators"]);
     let (mut json, mut json_lines) = watch(
@@ -104,8 +109,8 @@ async fn watch_prints_new_items_of_one_team_inbox_and_ends_on_ctrl_c() {
         true,
         &[
             "discharge-coordinators",
-            "--from-cursor",
-            &old_cursor.to_string(),
+            "--from-position",
+            &old_position.to_string(),
         ],
     );
     // The default watch starts at the newest item when its stream opens.
@@ -127,6 +132,7 @@ async fn watch_prints_new_items_of_one_team_inbox_and_ends_on_ctrl_c() {
     assert_eq!(value["kind"], "discharge");
     assert_eq!(value["inbox"], "discharge-coordinators");
     assert!(value["cursor"].as_u64().unwrap() > old_cursor);
+    assert!(value["position"].as_u64().unwrap() > old_position);
     assert!(value.get("citizen_cpr").is_none());
 
     // Nothing else arrived in the meantime.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use tvaers_client::{ClientError, Submission, v1};
+use tvaers_client::{ClientError, StreamExt, Submission, v1};
 use tvaers_e2e::{MUNICIPALITY, MUNICIPALITY_ROUTES, PSYCHIATRY, Sites};
 use tvaers_proto::validate::sample;
 
@@ -591,5 +591,91 @@ async fn the_care_team_view_lists_the_latest_contact_per_organisation() {
     assert!(
         !sites.all_logs().contains(CPR),
         "a CPR number appears in the logs"
+    );
+}
+
+/// A stream of the escalation inbox shows an escalated item even when it
+/// is already past that item's cursor: here it has shown a no-show that
+/// arrived after the admission, before the admission's deadline passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_of_the_escalation_inbox_shows_items_escalated_later() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let extra = r#"
+[[inboxes.routes]]
+kinds = ["no-show"]
+to = ["team-leads"]
+
+[[inboxes.deadlines]]
+inbox = "discharge-coordinators"
+kinds = ["admission"]
+within_working_hours = 0
+escalate_to = "team-leads"
+
+[working_hours]
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+open = "00:00"
+close = "24:00"
+"#;
+    let sites = routed_sites(extra).await;
+    let staff = sites.client(kommune).await.unwrap();
+    let mut leads = staff.team_inbox_stream("team-leads", None);
+    // The first poll opens the stream at the newest position; nothing is
+    // there yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), leads.next())
+            .await
+            .is_err()
+    );
+
+    let sender = sites.client(psyk).await.unwrap();
+    let mut ids = Vec::new();
+    for (key, notice) in [
+        ("s-1", sample::admission(CPR)),
+        ("s-2", sample::no_show(CPR)),
+    ] {
+        let submitted = sender
+            .submit(Submission::new(notice).idempotency_key(key).to(kommune))
+            .await
+            .unwrap();
+        ids.push(submitted.notice_id);
+    }
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let item = tokio::time::timeout(WAIT, leads.next())
+            .await
+            .expect("both items reach the team-leads stream")
+            .expect("the stream stays open")
+            .unwrap();
+        let placed = item
+            .placements
+            .iter()
+            .find(|p| p.inbox == "team-leads")
+            .unwrap();
+        assert_eq!(item.position, leads.last_position());
+        seen.push((item.notice_id.clone(), placed.escalated_from.clone()));
+    }
+    seen.sort();
+    let mut expected = vec![
+        (ids[0].clone(), "discharge-coordinators".to_owned()),
+        (ids[1].clone(), String::new()),
+    ];
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "the no-show as routed, the admission as escalated"
+    );
+
+    // Listing by position gives the same items in placement order, and
+    // resuming after the last position gives nothing more.
+    let listed = staff.list_team_inbox("team-leads", 0, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].position < listed[1].position);
+    assert!(
+        staff
+            .list_team_inbox("team-leads", listed[1].position, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

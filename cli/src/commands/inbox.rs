@@ -46,9 +46,11 @@ pub enum InboxCommand {
     Watch {
         /// The team inbox, e.g. discharge-coordinators.
         inbox: String,
-        /// Start after this cursor (default: only items arriving from now on).
+        /// Start after this position in the team inbox, as the last line
+        /// (`position` in --json) showed (default: only items placed from
+        /// now on).
         #[arg(long, value_name = "N")]
-        from_cursor: Option<u64>,
+        from_position: Option<u64>,
         /// Also show the CPR number.
         #[arg(long)]
         reveal: bool,
@@ -157,7 +159,7 @@ fn render(items: &[v1::InboxItem], reveal: bool) -> String {
 
 /// One line of `inbox watch`: cursor, time, kind, sender, notice id, and
 /// with `reveal` the CPR number.
-fn watch_line(item: &v1::InboxItem, reveal: bool) -> String {
+fn watch_line(item: &v1::InboxItem, inbox: &str, reveal: bool) -> String {
     let notice = item.envelope.as_ref().and_then(|e| e.notice.as_ref());
     let kind = if item.purged_at_ms != 0 {
         "(purged)"
@@ -171,6 +173,14 @@ fn watch_line(item: &v1::InboxItem, reveal: bool) -> String {
         sender(item),
         notice_id(item)
     );
+    if let Some(from) = item
+        .placements
+        .iter()
+        .find(|p| p.inbox == inbox && !p.escalated_from.is_empty())
+        .map(|p| &p.escalated_from)
+    {
+        line.push_str(&format!("  escalated: not handled in time in {from}"));
+    }
     if reveal && let Some(n) = notice {
         line.push_str(&format!("  cpr {}", n.citizen_cpr));
     }
@@ -180,12 +190,12 @@ fn watch_line(item: &v1::InboxItem, reveal: bool) -> String {
 async fn watch(
     client: &tvaers_client::Client,
     inbox: &str,
-    from_cursor: Option<u64>,
+    from_position: Option<u64>,
     reveal: bool,
     out: Output,
 ) -> anyhow::Result<()> {
     use tvaers_client::StreamExt;
-    let mut stream = client.team_inbox_stream(inbox, from_cursor);
+    let mut stream = client.team_inbox_stream(inbox, from_position);
     if !out.json {
         eprintln!("Watching inbox {inbox}; Ctrl-C ends.");
     }
@@ -199,9 +209,10 @@ async fn watch(
                 if out.json {
                     let mut value = item_json(&item, reveal);
                     value["inbox"] = json!(inbox);
+                    value["position"] = json!(item.position);
                     println!("{value}");
                 } else {
-                    println!("{}", watch_line(&item, reveal));
+                    println!("{}", watch_line(&item, inbox, reveal));
                 }
             }
             Some(Err(error)) => return Err(error.into()),
@@ -245,9 +256,9 @@ pub async fn run(command: InboxCommand, config_path: &Path, out: Output) -> anyh
         }
         InboxCommand::Watch {
             inbox,
-            from_cursor,
+            from_position,
             reveal,
-        } => watch(&client, &inbox, from_cursor, reveal, out).await?,
+        } => watch(&client, &inbox, from_position, reveal, out).await?,
         InboxCommand::Ack { cursor } => {
             let newly = client.ack(cursor).await?;
             out.emit(&json!({"cursor": cursor, "newly_acked": newly}), || {

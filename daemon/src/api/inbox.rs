@@ -4,6 +4,11 @@
 //! for the receive path to signal a newer cursor. Delivery to the caller is
 //! at least once: a caller that reconnects with the last cursor it
 //! processed sees nothing twice and misses nothing.
+//!
+//! Reads of one team inbox page by the item's position in that inbox
+//! instead of its cursor: an escalated item is placed in the escalation
+//! inbox long after it was received, and a reader past its cursor would
+//! never see it there.
 
 use tokio_stream::Stream;
 use tonic::Status;
@@ -17,9 +22,85 @@ use prost::Message;
 
 const PAGE: u32 = 100;
 
-/// An inbox item for the caller. A purged item (retention) has no envelope
+/// Where a reader stands: past a cursor of the whole inbox, or past a
+/// position in one team inbox.
+#[derive(Debug, Clone, Copy)]
+enum After<'a> {
+    Cursor(u64),
+    Position { inbox: &'a str, position: u64 },
+}
+
+impl<'a> After<'a> {
+    /// From a request's fields: its team inbox, if it names one, decides.
+    fn of(inbox: &'a str, after_cursor: u64, after_position: u64) -> Self {
+        match team(inbox) {
+            Some(inbox) => After::Position {
+                inbox,
+                position: after_position,
+            },
+            None => After::Cursor(after_cursor),
+        }
+    }
+
+    /// After the newest item stored now.
+    async fn newest(self, state: &ApiState) -> Result<Self, StoreError> {
+        Ok(match self {
+            After::Cursor(_) => After::Cursor(state.store.newest_inbox_cursor().await?),
+            After::Position { inbox, .. } => After::Position {
+                inbox,
+                position: state.store.newest_position().await?,
+            },
+        })
+    }
+
+    /// The next page, at most `limit` items.
+    async fn page(
+        self,
+        state: &ApiState,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<v1::InboxItem>, Status> {
+        let records = match self {
+            After::Cursor(cursor) => {
+                state
+                    .store
+                    .inbox_after(cursor, limit, unacked_only, None)
+                    .await
+            }
+            After::Position { inbox, position } => {
+                state
+                    .store
+                    .team_inbox_after(inbox, position, limit, unacked_only)
+                    .await
+            }
+        }
+        .map_err(|e| super::internal("inbox read", e))?;
+        let inbox = match self {
+            After::Cursor(_) => None,
+            After::Position { inbox, .. } => Some(inbox),
+        };
+        records
+            .into_iter()
+            .map(|record| item(record, inbox))
+            .collect()
+    }
+
+    /// Past `item`, which this reader was just handed.
+    fn past(self, item: &v1::InboxItem) -> Self {
+        match self {
+            After::Cursor(_) => After::Cursor(item.cursor),
+            After::Position { inbox, .. } => After::Position {
+                inbox,
+                position: item.position,
+            },
+        }
+    }
+}
+
+/// An inbox item for the caller, with its position in team inbox `inbox`
+/// when it is read through one. A purged item (retention) has no envelope
 /// left to decode: it goes out with its ids, times and `purged_at_ms`.
-fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
+fn item(record: InboxRecord, inbox: Option<&str>) -> Result<v1::InboxItem, Status> {
     let envelope = match record.purged_at_ms {
         Some(_) => None,
         None => Some(
@@ -34,8 +115,12 @@ fn item(record: InboxRecord) -> Result<v1::InboxItem, Status> {
             })?,
         ),
     };
+    let position = inbox
+        .and_then(|inbox| record.placements.iter().find(|p| p.inbox == inbox))
+        .map_or(0, |placement| placement.position);
     let placements = record.placements.into_iter().map(placement).collect();
     Ok(v1::InboxItem {
+        position,
         cursor: record.cursor,
         received_at_ms: record.received_at_ms,
         envelope,
@@ -119,17 +204,8 @@ pub async fn list(
         0 => PAGE,
         n => n.min(1000),
     };
-    let records = state
-        .store
-        .inbox_after(
-            request.after_cursor,
-            limit,
-            request.unacked_only,
-            team(&request.inbox),
-        )
-        .await
-        .map_err(|e| super::internal("inbox list", e))?;
-    let items: Vec<v1::InboxItem> = records.into_iter().map(item).collect::<Result<_, _>>()?;
+    let after = After::of(&request.inbox, request.after_cursor, request.after_position);
+    let items = after.page(state, limit, request.unacked_only).await?;
     record_reads(state, &actor, &items).await?;
     Ok(v1::ListInboxResponse { items })
 }
@@ -141,9 +217,9 @@ pub fn stream(
 ) -> impl Stream<Item = Result<v1::InboxItem, Status>> + Send {
     let (items, out) = tokio::sync::mpsc::channel(PAGE as usize);
     tokio::spawn(async move {
-        let mut cursor = request.after_cursor;
+        let mut after = After::of(&request.inbox, request.after_cursor, request.after_position);
         if request.from_newest {
-            cursor = match state.store.newest_inbox_cursor().await {
+            after = match after.newest(&state).await {
                 Ok(newest) => newest,
                 Err(e) => {
                     let _ = items.send(Err(super::internal("inbox stream", e))).await;
@@ -156,32 +232,20 @@ pub fn stream(
             // Mark the signal seen before reading, so an item stored while
             // we read wakes the next wait instead of being missed.
             newest.borrow_and_update();
-            let page = match state
-                .store
-                .inbox_after(cursor, PAGE, false, team(&request.inbox))
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = items.send(Err(super::internal("inbox stream", e))).await;
-                    return;
-                }
-            };
-            let full = page.len() == PAGE as usize;
-            let page: Result<Vec<v1::InboxItem>, Status> = page.into_iter().map(item).collect();
-            let page = match page {
+            let page = match after.page(&state, PAGE, false).await {
                 Ok(page) => page,
                 Err(status) => {
                     let _ = items.send(Err(status)).await;
                     return;
                 }
             };
+            let full = page.len() == PAGE as usize;
             if let Err(status) = record_reads(&state, &actor, &page).await {
                 let _ = items.send(Err(status)).await;
                 return;
             }
             for read in page {
-                cursor = read.cursor;
+                after = after.past(&read);
                 if items.send(Ok(read)).await.is_err() {
                     return; // the caller went away
                 }

@@ -841,6 +841,18 @@ mod tests {
         async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
             unimplemented!("not used by the driver")
         }
+        async fn team_inbox_after(
+            &self,
+            _: &str,
+            _: u64,
+            _: u32,
+            _: bool,
+        ) -> Result<Vec<crate::store::InboxRecord>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn newest_position(&self) -> Result<u64, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn claim_webhooks(
             &self,
             _: Millis,
@@ -860,6 +872,11 @@ mod tests {
         }
         async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
             unimplemented!("not used by the driver")
+        }
+        async fn listen_inbox(
+            &self,
+        ) -> Result<Option<Box<dyn crate::store::InboxListener>>, StoreError> {
+            Ok(None)
         }
         async fn close(&self) {}
         async fn care_team(

@@ -257,6 +257,11 @@ pub struct Placement {
     pub escalated_at_ms: Option<Millis>,
     /// For an escalation item: the inbox whose deadline passed.
     pub escalated_from: Option<String>,
+    /// Where it stands in `inbox`'s feed: increasing in the order items
+    /// were placed (an escalation is placed when it happens, after items
+    /// received later), so a team-inbox reader resumes from one (see
+    /// [`Store::team_inbox_after`]).
+    pub position: u64,
 }
 
 /// Who handled an item in a team inbox.
@@ -581,6 +586,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The highest inbox cursor stored (0 when the inbox is empty).
     async fn newest_inbox_cursor(&self) -> Result<u64, StoreError>;
 
+    /// Items placed in team inbox `inbox` at a position greater than
+    /// `after_position`, in position order (see [`Placement::position`]).
+    async fn team_inbox_after(
+        &self,
+        inbox: &str,
+        after_position: u64,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// The highest placement position stored (0 when nothing was placed).
+    async fn newest_position(&self) -> Result<u64, StoreError>;
+
     /// Inbox items with this notice id (one per sender that used it).
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError>;
 
@@ -657,6 +675,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Webhook events per inbox and state, for metrics.
     async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError>;
 
+    /// Hears of inbox items stored by any process sharing this store (other
+    /// daemon instances on one PostgreSQL), so inbox streams wake without
+    /// polling. `None` for a store only this process writes (SQLite), where
+    /// the receive path's own signal is enough.
+    async fn listen_inbox(&self) -> Result<Option<Box<dyn InboxListener>>, StoreError>;
+
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);
 
@@ -664,4 +688,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// (organisation, unit) that [`Store::submit`] and
     /// [`Store::accept_inbox`] stored, ordered by organisation and unit.
     async fn care_team(&self, citizen: &CitizenRef) -> Result<Vec<CareTeamContact>, StoreError>;
+}
+
+/// Notifications of stored inbox items, from [`Store::listen_inbox`].
+#[async_trait::async_trait]
+pub trait InboxListener: Send + std::fmt::Debug {
+    /// Waits for the next notification: `Some(cursor)` when an item was
+    /// stored with that cursor, `None` when notifications may have been
+    /// missed (the connection dropped and is being re-established), so
+    /// whoever waits should read again rather than trust the last cursor.
+    async fn next(&mut self) -> Result<Option<u64>, StoreError>;
 }

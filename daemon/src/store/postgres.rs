@@ -17,9 +17,12 @@
 //! read-back that follows sees it committed.
 //! `ack_inbox` runs its update and existence check in one transaction too.
 //!
-//! This is one daemon instance per database schema: claiming outbox work
-//! across several instances (leases, `SKIP LOCKED`) and waking inbox
-//! streams with `LISTEN/NOTIFY` are not here yet.
+//! Several daemon instances of one organisation may share one schema. An
+//! accept that stores inbox items sends `NOTIFY` on a channel named after
+//! the database and schema (in its transaction, so it is delivered on
+//! commit); every instance `LISTEN`s on it, so an inbox stream opened on
+//! any instance wakes for items any instance received (see
+//! [`Store::listen_inbox`](super::Store::listen_inbox)).
 //!
 //! The schema lives in `migrations/postgres/`, embedded at compile time and
 //! applied by [`PostgresStore::open`] in the first schema of the connection's
@@ -30,10 +33,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Transaction;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres};
 
-use super::StoreError;
 use super::sql::query_error;
+use super::{InboxListener, StoreError};
 use crate::audit::ChainKey;
 
 /// Bind parameters per statement. The protocol allows 65,535; a smaller
@@ -52,6 +55,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Where accepts announce new inbox items: one channel per database and
+    /// schema, so organisations sharing a server do not wake each other.
+    inbox_channel: String,
     /// Computes the audit chain's MACs; writes that need an audit entry
     /// fail until it is set.
     audit_key: Option<ChainKey>,
@@ -102,8 +108,16 @@ impl PostgresStore {
             pool.close().await;
             return Err(error.into());
         }
+        let inbox_channel = match inbox_channel(&pool).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                pool.close().await;
+                return Err(error);
+            }
+        };
         Ok(PostgresStore {
             pool,
+            inbox_channel,
             audit_key: None,
         })
     }
@@ -132,9 +146,71 @@ impl PostgresStore {
         self.pool.begin().await.map_err(query_error(operation))
     }
 
+    /// Queues a notification of inbox items up to `newest_cursor`; the
+    /// server delivers it to the listeners when `tx` commits, and drops it
+    /// if `tx` rolls back.
+    async fn announce_inbox(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        newest_cursor: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.inbox_channel.as_str())
+            .bind(newest_cursor.to_string())
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+            .map_err(query_error("announce_inbox"))
+    }
+
+    /// Listens on this store's inbox channel on a connection of its own.
+    async fn inbox_listener(&self) -> Result<Option<Box<dyn InboxListener>>, StoreError> {
+        let error = query_error("listen_inbox");
+        let mut listener = PgListener::connect_with(&self.pool).await.map_err(error)?;
+        listener.listen(&self.inbox_channel).await.map_err(error)?;
+        Ok(Some(Box::new(PgInboxListener(listener))))
+    }
+
     /// Waits for in-progress queries and closes the pool.
     async fn close_pools(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The notification channel of the database and schema `pool` works in. A
+/// digest keeps the name within PostgreSQL's 63-byte identifier limit
+/// whatever the schema is called.
+async fn inbox_channel(pool: &PgPool) -> Result<String, StoreError> {
+    let place: String = sqlx::query_scalar("SELECT current_database() || '.' || current_schema()")
+        .fetch_one(pool)
+        .await
+        .map_err(query_error("inbox_channel"))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, place.as_bytes());
+    let hex: String = digest.as_ref()[..12]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    Ok(format!("tvaers_inbox_{hex}"))
+}
+
+/// [`InboxListener`] over a `LISTEN` connection.
+#[derive(Debug)]
+struct PgInboxListener(PgListener);
+
+#[async_trait::async_trait]
+impl InboxListener for PgInboxListener {
+    async fn next(&mut self) -> Result<Option<u64>, StoreError> {
+        match self.0.try_recv().await {
+            // A payload that does not parse still means "something was
+            // stored": wake the readers as if notifications were missed.
+            Ok(Some(notification)) => Ok(notification.payload().parse().ok()),
+            // The connection dropped; the next call reconnects.
+            Ok(None) => Ok(None),
+            Err(source) => Err(StoreError::Query {
+                operation: "listen_inbox",
+                source,
+            }),
+        }
     }
 }
 
@@ -257,6 +333,77 @@ mod tests {
     }
 
     store_suite!(fresh());
+
+    /// Two instances on one schema: what one accepts, the other hears of,
+    /// and a store in another schema (another organisation on the same
+    /// server) does not.
+    #[tokio::test]
+    async fn inbox_items_stored_by_one_instance_wake_the_other() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let Some(other_org) = TestSchema::create().await else {
+            return;
+        };
+        let first = schema.open().await;
+        let second = schema.open().await;
+        let elsewhere = other_org.open().await;
+        let mut listener = second
+            .listen_inbox()
+            .await
+            .expect("listen")
+            .expect("PostgreSQL stores listen");
+        let mut unrelated = elsewhere
+            .listen_inbox()
+            .await
+            .expect("listen")
+            .expect("PostgreSQL stores listen");
+
+        let accepted = first
+            .accept_inbox(vec![
+                suite::incoming("org-x", "in-1", b"r-1"),
+                suite::incoming("org-x", "in-2", b"r-2"),
+            ])
+            .await
+            .expect("accept");
+        let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
+            .await
+            .expect("the other instance hears of the items within 10 s")
+            .expect("notification");
+        assert_eq!(
+            heard,
+            Some(accepted[1].cursor),
+            "one notice, the newest cursor"
+        );
+        let items = second.inbox_after(0, 10, false, None).await.expect("inbox");
+        assert_eq!(items.len(), 2, "what was announced is committed");
+
+        // A duplicate stores nothing and announces nothing.
+        first
+            .accept_inbox(vec![suite::incoming("org-x", "in-1", b"again")])
+            .await
+            .expect("accept again");
+        let third = first
+            .accept_inbox(vec![suite::incoming("org-x", "in-3", b"r-3")])
+            .await
+            .expect("accept a third");
+        let heard = tokio::time::timeout(Duration::from_secs(10), listener.next())
+            .await
+            .expect("the third item is heard of")
+            .expect("notification");
+        assert_eq!(
+            heard,
+            Some(third[0].cursor),
+            "the duplicate was not announced"
+        );
+
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), unrelated.next())
+                .await
+                .is_err(),
+            "another schema's listener heard nothing"
+        );
+    }
 
     #[tokio::test]
     async fn data_persists_across_close_and_reopen() {

@@ -23,10 +23,10 @@ use crate::at_rest::Keyring;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
 
 use super::{
-    AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxRecord,
-    IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem,
-    OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
-    WebhookCount, WebhookEvent, WebhookFilter, WebhookUpdate,
+    AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxListener,
+    InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OpenPlacement,
+    OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey,
+    SubmitOutcome, WebhookCount, WebhookEvent, WebhookFilter, WebhookUpdate,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -204,6 +204,27 @@ impl Store for SealedStore {
         self.inner.newest_inbox_cursor().await
     }
 
+    async fn team_inbox_after(
+        &self,
+        inbox: &str,
+        after_position: u64,
+        limit: u32,
+        unacked_only: bool,
+    ) -> Result<Vec<InboxRecord>, StoreError> {
+        let records = self
+            .inner
+            .team_inbox_after(inbox, after_position, limit, unacked_only)
+            .await?;
+        records
+            .into_iter()
+            .map(|record| self.open_inbox(record))
+            .collect()
+    }
+
+    async fn newest_position(&self) -> Result<u64, StoreError> {
+        self.inner.newest_position().await
+    }
+
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
         let records = self.inner.inbox_by_notice(notice_id).await?;
         records
@@ -349,6 +370,10 @@ impl Store for SealedStore {
 
     async fn webhook_counts(&self) -> Result<Vec<WebhookCount>, StoreError> {
         self.inner.webhook_counts().await
+    }
+
+    async fn listen_inbox(&self) -> Result<Option<Box<dyn InboxListener>>, StoreError> {
+        self.inner.listen_inbox().await
     }
 
     async fn close(&self) {

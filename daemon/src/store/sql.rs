@@ -17,8 +17,12 @@
 //! needs (every write goes through it), an inherent `async fn
 //! lock_audit(tx: &mut Transaction<'static, DB>) -> Result<(), StoreError>`
 //! that keeps other writers from appending to the audit chain until `tx`
-//! ends, an inherent `async fn close_pools(&self)`, and its parameter limit
-//! per statement.
+//! ends, an inherent `async fn announce_inbox(&self, tx, newest_cursor: i64)
+//! -> Result<(), StoreError>` that tells other processes sharing the store,
+//! when `tx` commits, that inbox items up to that cursor were stored, an
+//! inherent `async fn inbox_listener(&self) -> Result<Option<Box<dyn
+//! InboxListener>>, StoreError>` that hears those announcements, an inherent
+//! `async fn close_pools(&self)`, and its parameter limit per statement.
 
 use super::{OutboxState, StoreError, WebhookState};
 
@@ -63,6 +67,16 @@ pub(super) fn parse_cursor(cursor: i64) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("inbox cursor {cursor} is negative")))
 }
 
+pub(super) fn parse_position(position: Option<i64>) -> Result<u64, StoreError> {
+    match position {
+        Some(position) => u64::try_from(position)
+            .map_err(|_| StoreError::Corrupt(format!("placement position {position} is negative"))),
+        None => Err(StoreError::Corrupt(
+            "a placement has no position".to_owned(),
+        )),
+    }
+}
+
 pub(super) fn parse_count(what: &str, count: i64) -> Result<u64, StoreError> {
     u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("{what} count {count}")))
 }
@@ -83,7 +97,7 @@ macro_rules! sql_store {
                 AuditAction, AuditEntry, AuditEvent, AuditQuery, CitizenRef, ChainKey, GENESIS_MAC, chain,
             };
             use $crate::store::sql::{
-                OPEN_STATES, parse_attempts, parse_count, parse_cursor, parse_state, query_error,
+                OPEN_STATES, parse_attempts, parse_count, parse_cursor, parse_position, parse_state, query_error,
                 rows_per_chunk,
             };
             use $crate::store::{
@@ -194,7 +208,7 @@ macro_rules! sql_store {
                 for chunk in cursors.chunks($max_binds) {
                     let mut query = QueryBuilder::<$db>::new(
                         "SELECT cursor, inbox_name, read_by, read_at_ms, handled_by, handled_at_ms, handling, \
-                                escalated_at_ms, escalated_from \
+                                escalated_at_ms, escalated_from, position \
                          FROM inbox_placements WHERE cursor IN (",
                     );
                     let mut list = query.separated(", ");
@@ -214,6 +228,7 @@ macro_rules! sql_store {
                             handling: row.try_get(6).map_err(error)?,
                             escalated_at_ms: row.try_get(7).map_err(error)?,
                             escalated_from: row.try_get(8).map_err(error)?,
+                            position: parse_position(row.try_get(9).map_err(error)?)?,
                         });
                     }
                 }
@@ -223,6 +238,22 @@ macro_rules! sql_store {
                     }
                 }
                 Ok(records)
+            }
+
+            /// The position the next placement gets. The caller holds the
+            /// audit lock (taken before anything is placed), so no other
+            /// writer assigns positions until it commits: positions then
+            /// follow commit order, and a reader resuming after one never
+            /// skips a placement committed later with a smaller one.
+            async fn next_position(
+                tx: &mut Transaction<'static, $db>,
+                operation: &'static str,
+            ) -> Result<i64, StoreError> {
+                let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM inbox_placements")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(query_error(operation))?;
+                Ok(newest + 1)
             }
 
             /// Appends `sql` and binds `value` when there is one: an optional
@@ -633,6 +664,12 @@ macro_rules! sql_store {
                     }
 
                     let mut tx = self.begin_write(OP).await?;
+                    // Before the first outbox seq is drawn: with several
+                    // instances on one database, seqs then follow commit order,
+                    // so whoever reads the outbox past a seq never misses a row
+                    // committed later with a smaller one. The entries appended
+                    // below need this lock anyway.
+                    <$store>::lock_audit(&mut tx).await?;
 
                     // Keys whose notice this batch stored.
                     let mut stored_keys: HashSet<String> = HashSet::new();
@@ -1024,6 +1061,11 @@ macro_rules! sql_store {
                     }
 
                     let mut tx = self.begin_write(OP).await?;
+                    // Before the first cursor is drawn: with several instances
+                    // on one database, cursors and positions then follow commit
+                    // order (see `next_position`). The entries appended below
+                    // need this lock anyway.
+                    <$store>::lock_audit(&mut tx).await?;
 
                     // (sender, notice id) stored now → cursor.
                     let mut stored: HashMap<(String, String), i64> = HashMap::with_capacity(firsts.len());
@@ -1107,11 +1149,14 @@ macro_rules! sql_store {
                                 .map(move |inbox| (cursor, inbox.as_str(), notice.kind.as_str()))
                         })
                         .collect();
-                    for chunk in placements.chunks(rows_per_chunk($max_binds, 3)) {
-                        let mut query =
-                            QueryBuilder::<$db>::new("INSERT INTO inbox_placements (cursor, inbox_name, kind) ");
+                    let mut position = next_position(&mut tx, OP).await?;
+                    for chunk in placements.chunks(rows_per_chunk($max_binds, 4)) {
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO inbox_placements (cursor, inbox_name, kind, position) ",
+                        );
                         query.push_values(chunk, |mut row, (cursor, inbox, kind)| {
-                            row.push_bind(*cursor).push_bind(*inbox).push_bind(*kind);
+                            row.push_bind(*cursor).push_bind(*inbox).push_bind(*kind).push_bind(position);
+                            position += 1;
                         });
                         query.push(" ON CONFLICT (cursor, inbox_name) DO NOTHING");
                         query
@@ -1220,6 +1265,9 @@ macro_rules! sql_store {
                         })
                         .collect();
                     append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
+                    if let Some(&newest) = stored.values().max() {
+                        self.announce_inbox(&mut tx, newest).await?;
+                    }
 
                     tx.commit().await.map_err(error)?;
 
@@ -1288,6 +1336,46 @@ macro_rules! sql_store {
                 async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
                     const OP: &str = "newest_inbox_cursor";
                     let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(cursor), 0) FROM inbox")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(query_error(OP))?;
+                    parse_cursor(newest)
+                }
+
+                async fn team_inbox_after(
+                    &self,
+                    inbox: &str,
+                    after_position: u64,
+                    limit: u32,
+                    unacked_only: bool,
+                ) -> Result<Vec<InboxRecord>, StoreError> {
+                    const OP: &str = "team_inbox_after";
+                    let error = query_error(OP);
+                    let Ok(after) = i64::try_from(after_position) else {
+                        return Ok(Vec::new());
+                    };
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT i.cursor, i.sender, i.notice_id, i.envelope, i.received_at_ms, i.acked_at_ms, \
+                                i.receipt, i.purged_at_ms \
+                         FROM inbox_placements p JOIN inbox i ON i.cursor = p.cursor \
+                         WHERE p.inbox_name = ",
+                    );
+                    query.push_bind(inbox);
+                    query.push(" AND p.position > ");
+                    query.push_bind(after);
+                    if unacked_only {
+                        query.push(" AND i.acked_at_ms IS NULL");
+                    }
+                    query.push(" ORDER BY p.position LIMIT ");
+                    query.push_bind(i64::from(limit));
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    let records = rows.iter().map(|row| inbox_record(OP, row)).collect::<Result<Vec<_>, _>>()?;
+                    with_placements(&self.pool, OP, records).await
+                }
+
+                async fn newest_position(&self) -> Result<u64, StoreError> {
+                    const OP: &str = "newest_position";
+                    let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM inbox_placements")
                         .fetch_one(&self.pool)
                         .await
                         .map_err(query_error(OP))?;
@@ -1457,6 +1545,8 @@ macro_rules! sql_store {
                     let error = query_error(OP);
                     let row_cursor = i64::try_from(cursor).map_err(|_| StoreError::NoSuchInboxItem(cursor))?;
                     let mut tx = self.begin_write(OP).await?;
+                    // Before the position is drawn (see `next_position`).
+                    <$store>::lock_audit(&mut tx).await?;
                     let mut query = QueryBuilder::<$db>::new("UPDATE inbox_placements SET escalated_at_ms = ");
                     query.push_bind(at_ms);
                     query.push(" WHERE cursor = ");
@@ -1470,14 +1560,16 @@ macro_rules! sql_store {
                     };
                     let kind: String = row.try_get(0).map_err(error)?;
                     let mut query = QueryBuilder::<$db>::new(
-                        "INSERT INTO inbox_placements (cursor, inbox_name, kind, placed_at_ms, escalated_from) ",
+                        "INSERT INTO inbox_placements (cursor, inbox_name, kind, placed_at_ms, escalated_from, position) ",
                     );
+                    let position = next_position(&mut tx, OP).await?;
                     query.push_values([()], |mut row, ()| {
                         row.push_bind(row_cursor)
                             .push_bind(escalate_to)
                             .push_bind(kind.as_str())
                             .push_bind(at_ms)
-                            .push_bind(inbox);
+                            .push_bind(inbox)
+                            .push_bind(position);
                     });
                     query.push(" ON CONFLICT (cursor, inbox_name) DO NOTHING");
                     query.build().execute(&mut *tx).await.map_err(error)?;
@@ -1487,6 +1579,8 @@ macro_rules! sql_store {
                         .peer(sender)
                         .detail(format!("{kind} in {inbox} not handled in time: escalated to {escalate_to}"));
                     append_audit(self.audit_key.as_ref(), &mut tx, vec![event]).await?;
+                    // Other instances' streams of `escalate_to` wake too.
+                    self.announce_inbox(&mut tx, row_cursor).await?;
                     tx.commit().await.map_err(error)?;
                     Ok(true)
                 }
@@ -1870,6 +1964,10 @@ macro_rules! sql_store {
                             })
                         })
                         .collect()
+                }
+
+                async fn listen_inbox(&self) -> Result<Option<Box<dyn $crate::store::InboxListener>>, StoreError> {
+                    self.inbox_listener().await
                 }
 
                 async fn care_team(&self, citizen: &CitizenRef) -> Result<Vec<CareTeamContact>, StoreError> {

@@ -147,6 +147,20 @@ impl SqliteStore {
     }
 
     /// Waits for in-progress writes and closes both pools.
+    /// Only this process writes the file, so there is no one to tell.
+    async fn announce_inbox(
+        &self,
+        _tx: &mut Transaction<'static, Sqlite>,
+        _newest_cursor: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Only this process writes the file: the receive path wakes streams.
+    async fn inbox_listener(&self) -> Result<Option<Box<dyn super::InboxListener>>, StoreError> {
+        Ok(None)
+    }
+
     async fn close_pools(&self) {
         self.writer.close().await;
         self.pool.close().await;

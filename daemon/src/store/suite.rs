@@ -17,9 +17,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::{
-    IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxItem, OutboxState,
-    OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
-    WebhookCount, WebhookFilter, WebhookState, WebhookUpdate,
+    InboxRecord, IncomingNotice, NewNotice, NewOutboxItem, OpenOutbox, OutboxFilter, OutboxItem,
+    OutboxState, OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey,
+    SubmitOutcome, WebhookCount, WebhookFilter, WebhookState, WebhookUpdate,
 };
 use crate::Millis;
 use crate::audit::{
@@ -1452,6 +1452,92 @@ pub(crate) async fn team_inboxes_place_items_and_keep_the_first_reader_and_handl
     );
 }
 
+/// A team inbox is read in placement order: an item escalated into it
+/// comes after items placed there before the escalation, even ones
+/// received later, so a reader past those still gets it.
+pub(crate) async fn team_inbox_reads_follow_placement_order(store: &dyn Store) {
+    assert_eq!(store.newest_position().await.unwrap(), 0);
+    let mut admission = incoming("org-x", "in-1", b"r-1");
+    admission.inboxes = vec!["coordinators".into()];
+    let mut no_show = incoming("org-x", "in-2", b"r-2");
+    no_show.inboxes = vec!["leads".into(), "housing".into()];
+    let accepted = store.accept_inbox(vec![admission]).await.unwrap();
+    let later = store.accept_inbox(vec![no_show]).await.unwrap();
+    let (early, late) = (accepted[0].cursor, later[0].cursor);
+    assert!(early < late);
+
+    let leads = store.team_inbox_after("leads", 0, 10, false).await.unwrap();
+    assert_eq!(cursors_of(&leads), vec![late]);
+    let seen = position_in(&leads[0], "leads");
+    assert!(
+        store
+            .team_inbox_after("leads", seen, 10, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(
+        store
+            .escalate(early, "coordinators", "leads", 7_000)
+            .await
+            .unwrap()
+    );
+    let newest = store.newest_position().await.unwrap();
+    let after_seen = store
+        .team_inbox_after("leads", seen, 10, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        cursors_of(&after_seen),
+        vec![early],
+        "the escalation comes after what was seen"
+    );
+    assert_eq!(position_in(&after_seen[0], "leads"), newest);
+    // By cursor the same reader would have missed it.
+    assert!(
+        store
+            .inbox_after(late, 10, false, Some("leads"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let all = store.team_inbox_after("leads", 0, 10, false).await.unwrap();
+    assert_eq!(cursors_of(&all), vec![late, early]);
+    assert!(
+        store
+            .team_inbox_after("leads", 0, 1, false)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
+    store.ack_inbox(late, 8_000, "api uid=1").await.unwrap();
+    let unacked = store.team_inbox_after("leads", 0, 10, true).await.unwrap();
+    assert_eq!(cursors_of(&unacked), vec![early]);
+    // Positions are unique across inboxes and the envelope comes along.
+    let housing = store
+        .team_inbox_after("housing", 0, 10, false)
+        .await
+        .unwrap();
+    assert_ne!(position_in(&housing[0], "housing"), seen);
+    assert_eq!(housing[0].envelope, incoming_envelope("org-x", "in-2"));
+}
+
+fn cursors_of(records: &[InboxRecord]) -> Vec<u64> {
+    records.iter().map(|record| record.cursor).collect()
+}
+
+fn position_in(record: &InboxRecord, inbox: &str) -> u64 {
+    record
+        .placements
+        .iter()
+        .find(|p| p.inbox == inbox)
+        .map(|p| p.position)
+        .unwrap()
+}
+
 /// Open placements are the unhandled, unescalated items of the inboxes
 /// asked about; escalating one marks it and places it in the escalation
 /// inbox once, and a handled item is never escalated.
@@ -2369,6 +2455,7 @@ macro_rules! store_suite {
             a_rolled_back_write_leaves_no_audit_entry,
             team_inboxes_place_items_and_keep_the_first_reader_and_handler,
             escalation_moves_an_open_item_once_and_never_a_handled_one,
+            team_inbox_reads_follow_placement_order,
             handled_receipts_are_stored_with_their_item_once_per_team,
             purge_bodies_empties_finished_and_acknowledged_bodies_only,
             store_keys_are_created_once,
