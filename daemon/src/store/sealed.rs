@@ -11,9 +11,10 @@
 //! the row by its ids only. The handling record of a team-inbox placement
 //! (the handler's contact and a free-text note, which may mention health
 //! details) is sealed the same way, bound to `handling` + cursor + inbox,
-//! and so is a care-team contact (staff names and phone numbers about one
+//! and so are a care-team contact (staff names and phone numbers about one
 //! citizen), bound to `care_team` + citizen reference + organisation +
-//! unit. A body retention purged (`purged_at_ms` set, bytes empty) stays
+//! unit, and a peer's handled receipt (the same contact, about our notice),
+//! bound to `handled_receipt` + notice id + organisation + team inbox. A body retention purged (`purged_at_ms` set, bytes empty) stays
 //! empty.
 
 use std::sync::Arc;
@@ -128,6 +129,16 @@ pub fn handling_row<'a>(cursor: &'a [u8; 8], inbox: &'a str) -> [&'a [u8]; 3] {
     [b"handling", cursor, inbox.as_bytes()]
 }
 
+/// What a peer's handled receipt (its handler's contact) is bound to.
+pub fn handled_row<'a>(notice_id: &'a str, from_org: &'a str, inbox: &'a str) -> [&'a [u8]; 4] {
+    [
+        b"handled_receipt",
+        notice_id.as_bytes(),
+        from_org.as_bytes(),
+        inbox.as_bytes(),
+    ]
+}
+
 /// What a care-team contact is bound to (its additional data).
 pub fn care_team_row<'a>(citizen: &'a CitizenRef, org: &'a str, unit: &'a str) -> [&'a [u8]; 4] {
     [b"care_team", &citizen.0, org.as_bytes(), unit.as_bytes()]
@@ -179,6 +190,12 @@ impl Store for SealedStore {
                 &notice.envelope,
             )?;
             self.seal_care_team(&mut notice.care_team)?;
+            if let Some(receipt) = &mut notice.handled {
+                receipt.handled = self.seal(
+                    &handled_row(&receipt.notice_id, &receipt.from_org, &receipt.inbox),
+                    &receipt.handled,
+                )?;
+            }
         }
         self.inner.accept_inbox(batch).await
     }
@@ -285,7 +302,23 @@ impl Store for SealedStore {
     }
 
     async fn handled_receipts(&self, notice_id: &str) -> Result<Vec<HandledReceipt>, StoreError> {
-        self.inner.handled_receipts(notice_id).await
+        let receipts = self.inner.handled_receipts(notice_id).await?;
+        receipts
+            .into_iter()
+            .map(|mut receipt| {
+                receipt.handled = self.open(
+                    &handled_row(&receipt.notice_id, &receipt.from_org, &receipt.inbox),
+                    &receipt.handled,
+                    || {
+                        format!(
+                            "the handled receipt for notice {} from {} ({})",
+                            receipt.notice_id, receipt.from_org, receipt.inbox
+                        )
+                    },
+                )?;
+                Ok(receipt)
+            })
+            .collect()
     }
 
     async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
@@ -468,7 +501,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn care_team_contacts_are_ciphertext_in_the_backend_and_bound_to_their_row() {
+    async fn care_team_contacts_and_handled_receipts_are_ciphertext_in_the_backend() {
         let (_dir, store, inner) = sealed().await;
         let citizen = CitizenRef(b"citizen-1".to_vec());
         let contact = |unit: &str| CareTeamContact {
@@ -489,6 +522,22 @@ mod tests {
         let raw = inner.care_team(&citizen).await.unwrap();
         assert_eq!(raw.len(), 2);
         assert!(!raw[0].contact.windows(8).any(|w| w == b"Ane Holm"));
+        // The handled receipt that teaches such a contact is sealed too.
+        let mut receipt = suite::incoming("org-x", "in-3", b"r-3");
+        receipt.handled = Some(crate::store::HandledReceipt {
+            notice_id: "ours-1".into(),
+            from_org: "org-x".into(),
+            inbox: "coordinators".into(),
+            handled: b"Ane Holm +45 55 55 12 34".to_vec(),
+            received_at_ms: 30,
+        });
+        store.accept_inbox(vec![receipt]).await.unwrap();
+        let raw_receipt = inner.handled_receipts("ours-1").await.unwrap();
+        assert!(!raw_receipt[0].handled.windows(8).any(|w| w == b"Ane Holm"));
+        assert_eq!(
+            store.handled_receipts("ours-1").await.unwrap()[0].handled,
+            b"Ane Holm +45 55 55 12 34"
+        );
         let plain = store.care_team(&citizen).await.unwrap();
         assert_eq!(plain, [contact("coordinators"), contact("housing")]);
 
