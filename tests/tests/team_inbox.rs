@@ -382,9 +382,10 @@ async fn a_handled_receipt_lost_in_a_crash_is_sent_after_the_restart() {
 /// Another citizen, whom nobody has told this site anything about.
 const OTHER_CPR: &str = "0101904000";
 
-/// The site's care team for [`CPR`] from `tvaers care-team --json`, the CPR
-/// number on standard input: (org, unit, name) per member.
-fn care_team_cli(config: &std::path::Path) -> Vec<(String, String, String)> {
+/// `tvaers --json care-team` against the site of `config`, with `input`
+/// on standard input: its exit code, stdout and stderr. Neither output may
+/// show the CPR number given.
+fn care_team_cli(config: &std::path::Path, input: &str) -> (i32, String, String) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new(tvaers_e2e::cli_binary().unwrap())
@@ -397,16 +398,20 @@ fn care_team_cli(config: &std::path::Path) -> Vec<(String, String, String)> {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{CPR}").unwrap();
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
     let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
-        !stdout.contains(CPR) && !stderr.contains(CPR),
+        !stdout.contains(input) && !stderr.contains(input),
         "the CPR number was printed"
     );
-    let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    (output.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// (org, unit, name) per member of `tvaers --json care-team` output.
+fn cli_members(stdout: &str) -> Vec<(String, String, String)> {
+    let value: serde_json::Value = serde_json::from_str(stdout).unwrap();
     value["members"]
         .as_array()
         .unwrap()
@@ -563,12 +568,20 @@ async fn the_care_team_view_lists_the_latest_contact_per_organisation() {
     }
 
     // The admin CLI shows the same, reading the number from stdin.
-    let cli = care_team_cli(&sites.site(psyk).config);
+    let config = &sites.site(psyk).config;
+    let (code, stdout, stderr) = care_team_cli(config, CPR);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let cli = cli_members(&stdout);
     let expected: Vec<(String, String, String)> = rows
         .iter()
         .map(|(org, unit, name)| ((*org).into(), (*unit).into(), (*name).into()))
         .collect();
     assert_eq!(cli, expected);
+    // A mistyped number is invalid input (exit 2), refused without being
+    // echoed and without asking the daemon.
+    let (code, _, stderr) = care_team_cli(config, "07078143");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("CPR number is not valid"), "{stderr}");
 
     // Every lookup of this citizen is in psychiatry's audit log, under the
     // citizen: two through the client, one through the CLI.
