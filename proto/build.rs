@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "tvaers.v1.Notice",
             "tvaers.v1.SignedEnvelope",
             "tvaers.v1.SignedReceipt",
+            "tvaers.v1.CareTeamRequest",
+            "tvaers.v1.AuditEntriesRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

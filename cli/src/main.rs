@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    audit, card as card_cmd, inbox, init, keys, outbox, peer, purge, send, status, verify, webhooks,
+    audit, card as card_cmd, care_team, inbox, init, keys, outbox, peer, purge, send, status,
+    verify, webhooks,
 };
 use crate::error::exit;
 use crate::output::Output;
@@ -86,6 +87,14 @@ enum Command {
     /// who handled a citizen's notices.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Who works with a citizen in the other organisations, and how to
+    /// reach them: the latest contact per organisation and unit, learned
+    /// from handled receipts and plan changes. Each lookup is audited.
+    CareTeam {
+        /// The CPR number; omit it to read it from standard input, which
+        /// keeps it out of the shell history and the process list.
+        cpr: Option<String>,
+    },
     /// Re-check the stored signatures of a notice, sent or received (exit
     /// 4 if one does not hold).
     Verify {
@@ -137,6 +146,7 @@ fn main() -> ExitCode {
             Command::Webhooks(c) => webhooks::run(c, &config, out).await,
             Command::Send(c) => send::run(*c, &config, out).await,
             Command::Audit(c) => audit::run(c, &config, out).await,
+            Command::CareTeam { cpr } => care_team::run(cpr, &config, out).await,
             Command::Verify { notice_id } => verify::run(notice_id, &config, out).await,
             Command::Purge { dry_run } => purge::run(dry_run, &config, out).await,
         }

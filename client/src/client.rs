@@ -324,6 +324,25 @@ impl Client {
         Ok(response.newly_handled)
     }
 
+    /// Who works with the citizen `cpr` in the other organisations, and how
+    /// to reach them: per organisation and unit the latest contact this
+    /// site learned (from the handled receipts it received and the plan
+    /// changes it sent and received), with when it held and when it was
+    /// learned. Ordered by organisation, then unit. The daemon records
+    /// each lookup in its audit log.
+    pub async fn care_team(&self, cpr: &str) -> Result<Vec<v1::CareTeamMember>, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .care_team(v1::CareTeamRequest {
+                citizen_cpr: cpr.to_owned(),
+            })
+            .await
+            .map_err(|s| self.map(s))?
+            .into_inner();
+        Ok(response.members)
+    }
+
     /// Marks an inbox item as taken care of. Returns false when it was
     /// acknowledged before.
     pub async fn ack(&self, cursor: u64) -> Result<bool, ClientError> {

@@ -17,6 +17,8 @@
 //!   delivery per recipient.
 //! - [`Client::list_inbox`], [`Client::inbox_stream`] and [`Client::ack`]
 //!   read and acknowledge incoming notices.
+//! - [`Client::care_team`] answers "who works with this citizen in the
+//!   other organisations, and how do I reach them".
 //!
 //! Errors are one [`ClientError`] enum; like the notices' own `Debug`, they
 //! never contain a CPR number or health details.

@@ -175,6 +175,13 @@ impl LocalApi for Service {
     ) -> Result<Response<v1::MarkHandledResponse>, Status> {
         Err(Status::unimplemented("not part of this fake"))
     }
+
+    async fn care_team(
+        &self,
+        _: Request<v1::CareTeamRequest>,
+    ) -> Result<Response<v1::CareTeamResponse>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
 }
 
 struct Running {

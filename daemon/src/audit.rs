@@ -77,12 +77,14 @@ pub enum AuditAction {
     Purged,
     /// The store's data key was wrapped under a new key-encryption key.
     StoreKeyRewrapped,
+    /// Someone looked up who works with a citizen (the care-team view).
+    CareTeamViewed,
     /// Any other operator action, named in the entry's detail.
     Admin,
 }
 
 /// Every action, for parsing and listing.
-pub const AUDIT_ACTIONS: [AuditAction; 24] = [
+pub const AUDIT_ACTIONS: [AuditAction; 25] = [
     AuditAction::Submit,
     AuditAction::SendAttempt,
     AuditAction::SendRetry,
@@ -106,6 +108,7 @@ pub const AUDIT_ACTIONS: [AuditAction; 24] = [
     AuditAction::KeysRotated,
     AuditAction::Purged,
     AuditAction::StoreKeyRewrapped,
+    AuditAction::CareTeamViewed,
     AuditAction::Admin,
 ];
 
@@ -135,6 +138,7 @@ impl AuditAction {
             AuditAction::KeysRotated => "keys_rotated",
             AuditAction::Purged => "purged",
             AuditAction::StoreKeyRewrapped => "store_key_rewrapped",
+            AuditAction::CareTeamViewed => "care_team_viewed",
             AuditAction::Admin => "admin",
         }
     }

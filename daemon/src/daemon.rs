@@ -306,6 +306,7 @@ pub async fn run(
     let signing_public_key = signing_key.public_key();
     let state = Arc::new(ApiState {
         org_id: config.site.org_id.clone(),
+        org_name: config.site.name.clone(),
         signing_key,
         store: store.clone(),
         submits,

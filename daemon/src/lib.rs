@@ -27,6 +27,7 @@ pub mod api;
 pub mod at_rest;
 pub mod audit;
 pub mod batch;
+pub mod care_team;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

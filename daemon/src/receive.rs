@@ -19,6 +19,7 @@ use tvaers_proto::v1;
 
 use crate::audit::{AuditAction, AuditEvent, CitizenHasher, CitizenRef};
 use crate::batch::GroupCommit;
+use crate::care_team::Learned;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::peers::PeerSet;
@@ -433,7 +434,20 @@ impl Receiver {
             .filter(|inbox| self.webhook_inboxes.contains(*inbox))
             .cloned()
             .collect();
+        let care_team = match (&envelope.notice, &citizen) {
+            (Some(notice), Some(citizen)) => Learned {
+                sender: peer,
+                notice_id: &notice_id,
+                notice,
+                citizen,
+                created_at_ms: envelope.created_at_ms,
+                stored_at_ms: now,
+            }
+            .received(),
+            _ => None,
+        };
         let incoming = IncomingNotice {
+            care_team,
             webhooks,
             sender: peer.to_owned(),
             notice_id: notice_id.clone(),

@@ -40,6 +40,35 @@ impl std::fmt::Debug for v1::SignedEnvelope {
     }
 }
 
+impl std::fmt::Debug for v1::CareTeamRequest {
+    /// The request is a CPR number and nothing else: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CareTeamRequest")
+            .field("citizen_cpr", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::AuditEntriesRequest {
+    /// Everything but the CPR number the search may name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditEntriesRequest")
+            .field("after_seq", &self.after_seq)
+            .field("limit", &self.limit)
+            .field("from_ms", &self.from_ms)
+            .field("to_ms", &self.to_ms)
+            .field(
+                "citizen_cpr",
+                &if self.citizen_cpr.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for v1::SignedReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignedReceipt")
@@ -80,5 +109,46 @@ impl v1::Notice {
             Some(Payload::Handled(_)) => "handled",
             None => "none",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    /// Requests and messages that carry a CPR number print without it, so a
+    /// `?request` in a log line or a panic message cannot leak one.
+    #[test]
+    fn debug_output_never_shows_a_cpr_number() {
+        const CPR: &str = "0707814321";
+        let notice = v1::Notice {
+            citizen_cpr: CPR.to_owned(),
+            ..Default::default()
+        };
+        let shown = [
+            format!("{notice:?}"),
+            format!(
+                "{:?}",
+                v1::CareTeamRequest {
+                    citizen_cpr: CPR.to_owned(),
+                }
+            ),
+            format!(
+                "{:?}",
+                v1::AuditEntriesRequest {
+                    citizen_cpr: CPR.to_owned(),
+                    limit: 7,
+                    ..Default::default()
+                }
+            ),
+        ];
+        for text in &shown {
+            assert!(!text.contains(CPR), "{text}");
+        }
+        assert!(
+            shown[2].contains("limit: 7"),
+            "the other fields stay: {}",
+            shown[2]
+        );
     }
 }

@@ -38,6 +38,27 @@ pub const GENERAL_PRACTICE: SiteSpec = SiteSpec {
     pinned_by_others: true,
 };
 
+/// The municipality's team-inbox routing rules in the demo and the tests:
+/// admissions and discharges to the discharge coordinators, no-shows to
+/// housing support, corrections to both, everything else (plan changes) to
+/// the caseworkers.
+pub const MUNICIPALITY_ROUTES: &str = r#"
+[inboxes]
+default = "caseworkers"
+
+[[inboxes.routes]]
+kinds = ["admission", "discharge"]
+to = ["discharge-coordinators"]
+
+[[inboxes.routes]]
+kinds = ["no-show"]
+to = ["housing-support"]
+
+[[inboxes.routes]]
+kinds = ["correction"]
+to = ["discharge-coordinators", "housing-support"]
+"#;
+
 /// One organisation to set up.
 #[derive(Debug, Clone, Copy)]
 pub struct SiteSpec {
@@ -330,6 +351,14 @@ impl Sites {
         let text = std::fs::read_to_string(path)?;
         std::fs::write(path, edit(text))?;
         Ok(())
+    }
+
+    /// Adds TOML tables (e.g. `[inboxes]`) to a site's config, before its
+    /// first `[[peers]]` array of tables, where a table must go.
+    pub fn add_config_tables(&self, org_id: &str, tables: &str) -> Result<()> {
+        self.edit_config(org_id, |text| {
+            text.replacen("\n[[peers]]", &format!("{tables}\n[[peers]]"), 1)
+        })
     }
 
     /// Everything the site's daemon has logged so far.

@@ -8,38 +8,21 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use tvaers_client::{ClientError, StreamExt, Submission, v1};
-use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
+use tvaers_e2e::{MUNICIPALITY, MUNICIPALITY_ROUTES, PSYCHIATRY, Sites};
 use tvaers_proto::validate::sample;
 
 const CPR: &str = "0707814321";
 const WAIT: Duration = Duration::from_secs(30);
 
-const ROUTES: &str = r#"
-[inboxes]
-default = "caseworkers"
-
-[[inboxes.routes]]
-kinds = ["admission", "discharge"]
-to = ["discharge-coordinators"]
-
-[[inboxes.routes]]
-kinds = ["no-show"]
-to = ["housing-support"]
-
-[[inboxes.routes]]
-kinds = ["correction"]
-to = ["discharge-coordinators", "housing-support"]
-"#;
-
-/// The municipality with [`ROUTES`] and `extra` config, and psychiatry,
-/// both running.
+/// The municipality with [`MUNICIPALITY_ROUTES`] and `extra` config, and
+/// psychiatry, both running.
 async fn routed_sites(extra: &str) -> Sites {
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
-    // Tables go before the first `[[peers]]` array of tables.
     sites
-        .edit_config(MUNICIPALITY.org_id, |text| {
-            text.replacen("\n[[peers]]", &format!("{ROUTES}{extra}\n[[peers]]"), 1)
-        })
+        .add_config_tables(
+            MUNICIPALITY.org_id,
+            &format!("{MUNICIPALITY_ROUTES}{extra}"),
+        )
         .unwrap();
     sites.start_all().await.unwrap();
     sites
@@ -75,6 +58,22 @@ async fn delivered(sites: &Sites, key: &str, notice: v1::Notice) -> String {
         .deliver(PSYCHIATRY.org_id, MUNICIPALITY.org_id, key, notice, WAIT)
         .await
         .unwrap()
+}
+
+/// How many entries of `action` `org`'s audit log holds (only those about
+/// the citizen `cpr`, unless it is empty).
+async fn audit_count(sites: &Sites, org: &str, cpr: &str, action: &str) -> usize {
+    let audit = sites
+        .admin(org)
+        .await
+        .unwrap()
+        .audit_entries(v1::AuditEntriesRequest {
+            citizen_cpr: cpr.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    audit.entries.iter().filter(|e| e.action == action).count()
 }
 
 fn cursors(items: &[v1::InboxItem]) -> Vec<u64> {
@@ -354,18 +353,7 @@ async fn an_item_not_handled_in_time_is_escalated_once() {
             .len(),
         1
     );
-    let audit = sites
-        .admin(kommune)
-        .await
-        .unwrap()
-        .audit_entries(v1::AuditEntriesRequest::default())
-        .await
-        .unwrap();
-    let escalations = audit
-        .entries
-        .iter()
-        .filter(|e| e.action == "escalated")
-        .count();
+    let escalations = audit_count(&sites, kommune, "", "escalated").await;
     assert_eq!(escalations, 1);
     // The restart's check sent no second overdue receipt.
     assert_eq!(outbox_rows(&sites, kommune).await, 1);
@@ -499,6 +487,234 @@ async fn an_overdue_receipt_lost_in_a_crash_is_sent_after_the_restart() {
     assert_eq!(overdue.len(), 1);
     assert_eq!(overdue[0].status, v1::HandledStatus::Overdue as i32);
     assert_eq!(outbox_rows(&sites, kommune).await, 1);
+}
+
+/// Another citizen, whom nobody has told this site anything about.
+const OTHER_CPR: &str = "0101904000";
+
+/// `tvaers --json care-team` against the site of `config`, with `input`
+/// on standard input: its exit code, stdout and stderr. Neither output may
+/// show the CPR number given.
+fn care_team_cli(config: &std::path::Path, input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(tvaers_e2e::cli_binary().unwrap())
+        .arg("--config")
+        .arg(config)
+        .args(["--json", "care-team"])
+        .env_remove("TVAERS_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stdout.contains(input) && !stderr.contains(input),
+        "the CPR number was printed"
+    );
+    (output.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// (org, unit, name) per member of `tvaers --json care-team` output.
+fn cli_members(stdout: &str) -> Vec<(String, String, String)> {
+    let value: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    value["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let text = |key: &str| m[key].as_str().unwrap().to_owned();
+            (text("org_id"), text("unit"), text("name"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_care_team_view_lists_the_latest_contact_per_organisation() {
+    let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
+    let sites = routed_sites("").await;
+    let hospital = sites.client(psyk).await.unwrap();
+    let staff = sites.client(kommune).await.unwrap();
+
+    // Psychiatry sends an admission and a discharge; both go to the
+    // municipality's discharge coordinators.
+    let mut ids = Vec::new();
+    for (key, notice) in [
+        ("c-1", sample::admission(CPR)),
+        ("c-2", sample::discharge(CPR)),
+    ] {
+        let id = hospital
+            .submit(Submission::new(notice).idempotency_key(key).to(kommune))
+            .await
+            .unwrap()
+            .notice_id;
+        assert!(
+            hospital
+                .wait_delivered(&id, WAIT)
+                .await
+                .unwrap()
+                .all_delivered()
+        );
+        ids.push(id);
+    }
+    assert!(hospital.care_team(CPR).await.unwrap().is_empty());
+
+    // Ane takes the admission, later Bo the discharge, in the same team.
+    let items = staff
+        .list_team_inbox("discharge-coordinators", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    let contact = |name: &str, phone: &str| v1::Contact {
+        name: name.into(),
+        role: "udskrivningskoordinator".into(),
+        phone: phone.into(),
+        email: String::new(),
+    };
+    let (ane, bo) = (
+        contact("Ane Holm", "+45 55 55 12 34"),
+        contact("Bo Berg", "+45 55 55 56 78"),
+    );
+    for (item, handler) in items.iter().zip([&ane, &bo]) {
+        // Apart in time, so "later" does not depend on the clock's grain.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            staff
+                .mark_handled(item.cursor, "discharge-coordinators", handler.clone(), "")
+                .await
+                .unwrap()
+        );
+    }
+    // The municipality's plan change names its coordinating caseworker.
+    let plan = sample::plan_change(CPR, kommune);
+    let Some(v1::notice::Payload::PlanChange(change)) = &plan.payload else {
+        panic!("not a plan change");
+    };
+    let caseworker = change.coordinating_caseworker.clone().unwrap();
+    let plan_id = staff
+        .submit(Submission::new(plan).idempotency_key("c-3").to(psyk))
+        .await
+        .unwrap()
+        .notice_id;
+    assert!(
+        staff
+            .wait_delivered(&plan_id, WAIT)
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+
+    // Both handled receipts come back to the hospital.
+    for id in &ids {
+        eventually("the handled receipt reaches the hospital", async || {
+            let status = hospital.delivery_status(id).await.unwrap();
+            (!status.recipients[0].handled.is_empty()).then_some(())
+        })
+        .await;
+    }
+    let handled_at = |id: &str| {
+        let id = id.to_owned();
+        let hospital = &hospital;
+        async move {
+            hospital.delivery_status(&id).await.unwrap().recipients[0].handled[0].handled_at_ms
+        }
+    };
+    let bo_at = handled_at(&ids[1]).await;
+    assert!(bo_at > handled_at(&ids[0]).await);
+
+    // Psychiatry's view: per municipal unit the latest contact (Bo, not
+    // Ane), and the plan's coordinator, with when each held and was learned.
+    let team = hospital.care_team(CPR).await.unwrap();
+    let rows: Vec<(&str, &str, &str)> = team
+        .iter()
+        .map(|m| {
+            let name = m.contact.as_ref().map_or("", |c| c.name.as_str());
+            (m.org_id.as_str(), m.unit.as_str(), name)
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (kommune, "coordinating-caseworker", caseworker.name.as_str()),
+            (kommune, "discharge-coordinators", "Bo Berg"),
+        ]
+    );
+    let (coordinator, coordinators) = (&team[0], &team[1]);
+    assert_eq!(coordinators.contact.as_ref(), Some(&bo));
+    assert_eq!(coordinators.source, "handled");
+    assert_eq!(coordinators.notice_id, ids[1]);
+    assert_eq!(coordinators.as_of_ms, bo_at);
+    assert!(coordinators.learned_at_ms >= bo_at);
+    assert_eq!(coordinators.org_name, MUNICIPALITY.name);
+    assert_eq!(coordinator.source, "plan_change");
+    assert_eq!(coordinator.notice_id, plan_id);
+    assert_eq!(coordinator.works_at, caseworker.organisation);
+    let reach = coordinator.contact.as_ref().unwrap();
+    assert_eq!(
+        (reach.phone.as_str(), reach.email.as_str()),
+        (caseworker.phone.as_str(), caseworker.email.as_str())
+    );
+    assert!(coordinator.as_of_ms > 0 && coordinator.learned_at_ms >= coordinator.as_of_ms);
+
+    // The municipality sent the plan change: it knows its own coordinator,
+    // and nothing from the handled receipts it sent.
+    let own = staff.care_team(CPR).await.unwrap();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(
+        (own[0].org_id.as_str(), own[0].unit.as_str()),
+        (kommune, "coordinating-caseworker")
+    );
+    // Nobody is known for another citizen; a malformed number is refused.
+    assert!(hospital.care_team(OTHER_CPR).await.unwrap().is_empty());
+    match hospital.care_team("12345").await {
+        Err(ClientError::InvalidArgument { message }) => {
+            assert!(message.contains("citizen_cpr"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+
+    // The admin CLI shows the same, reading the number from stdin.
+    let config = &sites.site(psyk).config;
+    let (code, stdout, stderr) = care_team_cli(config, CPR);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let cli = cli_members(&stdout);
+    let expected: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|(org, unit, name)| ((*org).into(), (*unit).into(), (*name).into()))
+        .collect();
+    assert_eq!(cli, expected);
+    // A mistyped number is invalid input (exit 2), refused without being
+    // echoed and without asking the daemon.
+    let (code, _, stderr) = care_team_cli(config, "07078143");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("CPR number is not valid"), "{stderr}");
+
+    // Every lookup of this citizen is in psychiatry's audit log, under the
+    // citizen: two through the client, one through the CLI.
+    let lookups = audit_count(&sites, psyk, CPR, "care_team_viewed").await;
+    assert_eq!(lookups, 3, "the empty, the full and the CLI lookup");
+
+    // Psychiatry retracts its discharge (say, the wrong citizen): Bo, who
+    // took it, leaves the citizen's care team; the coordinator stays.
+    hospital
+        .submit(
+            Submission::new(sample::correction(CPR, &ids[1]))
+                .idempotency_key("c-4")
+                .to(kommune),
+        )
+        .await
+        .unwrap();
+    let team = hospital.care_team(CPR).await.unwrap();
+    let units: Vec<&str> = team.iter().map(|m| m.unit.as_str()).collect();
+    assert_eq!(units, ["coordinating-caseworker"]);
+    assert!(
+        !sites.all_logs().contains(CPR),
+        "a CPR number appears in the logs"
+    );
 }
 
 /// A stream of the escalation inbox shows an escalated item even when it

@@ -129,11 +129,7 @@ to = ["discharge-coordinators"]
 {}"#,
         hooks.concat()
     );
-    sites
-        .edit_config(kommune, |text| {
-            text.replacen("\n[[peers]]", &format!("{config}\n[[peers]]"), 1)
-        })
-        .unwrap();
+    sites.add_config_tables(kommune, &config).unwrap();
 }
 
 fn write_secret(path: &Path) {

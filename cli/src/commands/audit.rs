@@ -2,7 +2,7 @@
 //! log (see `tvaers_daemon::audit`). `verify` exits 4 when the chain is
 //! broken, so a scheduled job can alert on it.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 use clap::Subcommand;
@@ -11,7 +11,7 @@ use tvaers_daemon::Millis;
 use tvaers_daemon::config::{format_time, parse_time};
 use tvaers_proto::v1;
 
-use crate::commands::{admin, load_config};
+use crate::commands::{admin, load_config, read_cpr};
 use crate::error::CliError;
 use crate::output::{Output, Table};
 
@@ -176,20 +176,7 @@ async fn export(
 }
 
 async fn citizen(config_path: &Path, cpr: Option<String>, out: Output) -> anyhow::Result<()> {
-    let cpr = match cpr {
-        Some(cpr) => cpr,
-        None => {
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line)?;
-            line.trim().to_owned()
-        }
-    };
-    if tvaers_proto::cpr::Cpr::parse(&cpr).is_err() {
-        // Never echo the input: it may be a real number mistyped.
-        return Err(CliError::invalid(
-            "the CPR number is not valid (ten digits, DDMMYYXXXX or DDMMYY-XXXX)",
-        ));
-    }
+    let cpr = read_cpr(cpr)?;
     let request = v1::AuditEntriesRequest {
         citizen_cpr: cpr,
         ..v1::AuditEntriesRequest::default()

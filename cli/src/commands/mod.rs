@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod card;
+pub mod care_team;
 pub mod inbox;
 pub mod init;
 pub mod keys;
@@ -77,6 +78,28 @@ pub fn confirm(question: &str, first_do: &str, declined: &str) -> anyhow::Result
     } else {
         Err(CliError::refused(declined.to_owned()))
     }
+}
+
+/// The CPR number given on the command line, or else the first line of
+/// standard input (which keeps it out of the shell history and the
+/// process list); invalid input is refused without echoing it.
+pub fn read_cpr(given: Option<String>) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let cpr = match given {
+        Some(cpr) => cpr,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim().to_owned()
+        }
+    };
+    if tvaers_proto::cpr::Cpr::parse(&cpr).is_err() {
+        // Never echo the input: it may be a real number mistyped.
+        return Err(CliError::invalid(
+            "the CPR number is not valid (ten digits, DDMMYYXXXX or DDMMYY-XXXX)",
+        ));
+    }
+    Ok(cpr)
 }
 
 /// Now, as RFC 3339.

@@ -2,7 +2,8 @@
 //! (mode 0660) and optionally on loopback TCP.
 //!
 //! One file per call: [`submit`], [`status`], [`inbox`] (list, stream,
-//! ack), [`handling`] (read and handled in a team inbox). This file holds the
+//! ack), [`handling`] (read and handled in a team inbox), [`care_team`] (who
+//! works with a citizen elsewhere). This file holds the
 //! shared state, the mapping of errors to gRPC status codes and the server.
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use crate::peers::PeerSet;
 use crate::signing::SigningKey;
 use crate::store::{NewNotice, Store, SubmitOutcome};
 
+pub mod care_team;
 pub mod handling;
 pub mod inbox;
 pub mod status;
@@ -33,6 +35,8 @@ pub mod submit;
 #[derive(Debug)]
 pub struct ApiState {
     pub org_id: String,
+    /// The site's name, for the care-team view of its own plan changes.
+    pub org_name: String,
     pub store: Arc<dyn Store>,
     pub submits: GroupCommit<NewNotice, SubmitOutcome>,
     /// Signs every envelope at submit, before it is stored.
@@ -134,6 +138,16 @@ impl LocalApi for LocalApiService {
     ) -> Result<Response<v1::MarkHandledResponse>, Status> {
         let actor = actor("api", &request);
         handling::mark_handled(&self.state, request.into_inner(), actor)
+            .await
+            .map(Response::new)
+    }
+
+    async fn care_team(
+        &self,
+        request: Request<v1::CareTeamRequest>,
+    ) -> Result<Response<v1::CareTeamResponse>, Status> {
+        let actor = actor("api", &request);
+        care_team::care_team(&self.state, request.into_inner(), actor)
             .await
             .map(Response::new)
     }

@@ -9,6 +9,7 @@ use tvaers_proto::validate::{self, ValidationError};
 
 use super::ApiState;
 use crate::batch::BatchError;
+use crate::care_team::Learned;
 use crate::delivery::machine::Pending;
 use crate::now_ms;
 use crate::store::{NewNotice, NewOutboxItem, SubmitOutcome};
@@ -114,6 +115,18 @@ pub(crate) async fn store_and_send(
         })
         .collect();
 
+    let citizen_ref = state.citizen_refs.reference(cpr.digits());
+    let care_team = request.notice.as_ref().and_then(|notice| {
+        Learned {
+            sender: &state.org_id,
+            notice_id: &notice_id,
+            notice,
+            citizen: &citizen_ref,
+            created_at_ms,
+            stored_at_ms: created_at_ms,
+        }
+        .sent()
+    });
     let outcome = state
         .submits
         .run(NewNotice {
@@ -124,7 +137,8 @@ pub(crate) async fn store_and_send(
             expires_at_ms,
             recipients: recipients.clone(),
             actor,
-            citizen: Some(state.citizen_refs.reference(cpr.digits())),
+            citizen: Some(citizen_ref),
+            care_team,
         })
         .await?;
 

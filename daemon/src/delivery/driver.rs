@@ -879,6 +879,12 @@ mod tests {
             Ok(None)
         }
         async fn close(&self) {}
+        async fn care_team(
+            &self,
+            _: &crate::audit::CitizenRef,
+        ) -> Result<Vec<crate::store::CareTeamContact>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
         async fn escalated_since(&self, _: Millis) -> Result<Vec<(u64, String)>, StoreError> {
             unimplemented!("not used by the driver")
         }

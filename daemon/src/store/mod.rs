@@ -93,6 +93,10 @@ pub struct NewNotice {
     /// Who submitted it, for the audit entry (see [`crate::audit`]).
     pub actor: String,
     pub citizen: Option<CitizenRef>,
+    /// What the notice changes in the care-team view (a plan change's
+    /// coordinating caseworker; a correction withdrawing what an earlier
+    /// notice taught), applied with the notice.
+    pub care_team: Option<CareTeamChange>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +213,11 @@ pub struct IncomingNotice {
     /// For a business receipt (`Handled`) about a notice we sent: stored
     /// with it, for the delivery status.
     pub handled: Option<HandledReceipt>,
+    /// What it changes in the care-team view (a handled receipt's
+    /// handler, a plan change's coordinating caseworker, a correction
+    /// withdrawing what an earlier notice taught), applied with the item
+    /// when the item is new.
+    pub care_team: Option<CareTeamChange>,
 }
 
 /// A peer's business receipt about one of our notices: who took it there.
@@ -419,6 +428,43 @@ pub struct WebhookCount {
     pub inbox: String,
     pub state: WebhookState,
     pub count: u64,
+}
+
+/// Someone who works with a citizen in another organisation, as this site
+/// learned it (see [`Store::care_team`]). One row per citizen,
+/// organisation and unit: a later contact replaces an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CareTeamContact {
+    /// Whom it is about: the keyed reference, never the CPR number.
+    pub citizen: CitizenRef,
+    /// The organisation id that told us (or our own, for a plan change we
+    /// sent).
+    pub org: String,
+    /// The team inbox that took our notice, or the plan's coordinator.
+    pub unit: String,
+    /// The contact, encoded by the daemon; opaque here, sealed at rest.
+    pub contact: Vec<u8>,
+    /// When the contact held at its source (handled, or the plan change
+    /// written): of two for one unit, the one with the later time stays.
+    pub as_of_ms: Millis,
+    /// When this site learned it.
+    pub learned_at_ms: Millis,
+    /// The notice it was learned from or about.
+    pub notice_id: String,
+}
+
+/// What one notice changes in the care-team view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CareTeamChange {
+    /// A contact to keep, unless one at least as recent is stored.
+    Learn(CareTeamContact),
+    /// A correction withdrew notice `notice_id`: the contacts learned from
+    /// or about it go (only those `org` told us, when given). A contact
+    /// that has since replaced them stays.
+    Forget {
+        org: Option<String>,
+        notice_id: String,
+    },
 }
 
 /// Counts for health output.
@@ -665,6 +711,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);
+
+    /// The care-team view of `citizen`: the latest contact per
+    /// (organisation, unit) that [`Store::submit`] and
+    /// [`Store::accept_inbox`] stored, ordered by organisation and unit.
+    async fn care_team(&self, citizen: &CitizenRef) -> Result<Vec<CareTeamContact>, StoreError>;
 
     /// Team-inbox items escalated at or after `since_ms`, as (cursor, the
     /// inbox whose deadline passed), oldest first: whose overdue receipts a

@@ -10,20 +10,24 @@
 //! does not decrypt, and that is reported as [`StoreError::Corrupt`] naming
 //! the row by its ids only. The handling record of a team-inbox placement
 //! (the handler's contact and a free-text note, which may mention health
-//! details) is sealed the same way, bound to `handling` + cursor + inbox. A
-//! body retention purged (`purged_at_ms` set, bytes empty) stays empty.
+//! details) is sealed the same way, bound to `handling` + cursor + inbox,
+//! and so are a care-team contact (staff names and phone numbers about one
+//! citizen), bound to `care_team` + citizen reference + organisation +
+//! unit, and a peer's handled receipt (the same contact, about our notice),
+//! bound to `handled_receipt` + notice id + organisation + team inbox. A body retention purged (`purged_at_ms` set, bytes empty) stays
+//! empty.
 
 use std::sync::Arc;
 
 use crate::Millis;
 use crate::at_rest::Keyring;
-use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
+use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
 
 use super::{
-    AcceptOutcome, Handled, HandledReceipt, InboxListener, InboxRecord, IncomingNotice, NewNotice,
-    NoticeDelivery, OpenOutbox, OpenPlacement, OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport,
-    Store, StoreCounts, StoreError, StoredKey, SubmitOutcome, WebhookCount, WebhookEvent,
-    WebhookFilter, WebhookUpdate,
+    AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxListener,
+    InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OpenPlacement,
+    OutboxFilter, OutboxItem, OutboxUpdate, PurgeReport, Store, StoreCounts, StoreError, StoredKey,
+    SubmitOutcome, WebhookCount, WebhookEvent, WebhookFilter, WebhookUpdate,
 };
 
 /// A [`Store`] whose envelopes are encrypted at rest.
@@ -74,6 +78,17 @@ impl SealedStore {
         Ok(item)
     }
 
+    /// Seals a care-team contact for its row, if there is one.
+    fn seal_care_team(&self, change: &mut Option<CareTeamChange>) -> Result<(), StoreError> {
+        if let Some(CareTeamChange::Learn(contact)) = change {
+            contact.contact = self.seal(
+                &care_team_row(&contact.citizen, &contact.org, &contact.unit),
+                &contact.contact,
+            )?;
+        }
+        Ok(())
+    }
+
     fn open_inbox(&self, mut record: InboxRecord) -> Result<InboxRecord, StoreError> {
         for placement in &mut record.placements {
             if let Some(sealed) = &placement.handling {
@@ -114,6 +129,21 @@ pub fn handling_row<'a>(cursor: &'a [u8; 8], inbox: &'a str) -> [&'a [u8]; 3] {
     [b"handling", cursor, inbox.as_bytes()]
 }
 
+/// What a peer's handled receipt (its handler's contact) is bound to.
+pub fn handled_row<'a>(notice_id: &'a str, from_org: &'a str, inbox: &'a str) -> [&'a [u8]; 4] {
+    [
+        b"handled_receipt",
+        notice_id.as_bytes(),
+        from_org.as_bytes(),
+        inbox.as_bytes(),
+    ]
+}
+
+/// What a care-team contact is bound to (its additional data).
+pub fn care_team_row<'a>(citizen: &'a CitizenRef, org: &'a str, unit: &'a str) -> [&'a [u8]; 4] {
+    [b"care_team", &citizen.0, org.as_bytes(), unit.as_bytes()]
+}
+
 /// What an inbox item's envelope is bound to (its additional data).
 pub fn inbox_row<'a>(sender: &'a str, notice_id: &'a str) -> [&'a [u8]; 3] {
     [b"inbox", sender.as_bytes(), notice_id.as_bytes()]
@@ -129,6 +159,7 @@ impl Store for SealedStore {
                     &item.envelope,
                 )?;
             }
+            self.seal_care_team(&mut notice.care_team)?;
         }
         self.inner.submit(batch).await
     }
@@ -158,6 +189,13 @@ impl Store for SealedStore {
                 &inbox_row(&notice.sender, &notice.notice_id),
                 &notice.envelope,
             )?;
+            self.seal_care_team(&mut notice.care_team)?;
+            if let Some(receipt) = &mut notice.handled {
+                receipt.handled = self.seal(
+                    &handled_row(&receipt.notice_id, &receipt.from_org, &receipt.inbox),
+                    &receipt.handled,
+                )?;
+            }
         }
         self.inner.accept_inbox(batch).await
     }
@@ -264,7 +302,23 @@ impl Store for SealedStore {
     }
 
     async fn handled_receipts(&self, notice_id: &str) -> Result<Vec<HandledReceipt>, StoreError> {
-        self.inner.handled_receipts(notice_id).await
+        let receipts = self.inner.handled_receipts(notice_id).await?;
+        receipts
+            .into_iter()
+            .map(|mut receipt| {
+                receipt.handled = self.open(
+                    &handled_row(&receipt.notice_id, &receipt.from_org, &receipt.inbox),
+                    &receipt.handled,
+                    || {
+                        format!(
+                            "the handled receipt for notice {} from {} ({})",
+                            receipt.notice_id, receipt.from_org, receipt.inbox
+                        )
+                    },
+                )?;
+                Ok(receipt)
+            })
+            .collect()
     }
 
     async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
@@ -359,6 +413,26 @@ impl Store for SealedStore {
         self.inner.close().await;
     }
 
+    async fn care_team(&self, citizen: &CitizenRef) -> Result<Vec<CareTeamContact>, StoreError> {
+        let contacts = self.inner.care_team(citizen).await?;
+        contacts
+            .into_iter()
+            .map(|mut contact| {
+                contact.contact = self.open(
+                    &care_team_row(&contact.citizen, &contact.org, &contact.unit),
+                    &contact.contact,
+                    || {
+                        format!(
+                            "the care-team contact from {} ({}) learned with notice {}",
+                            contact.org, contact.unit, contact.notice_id
+                        )
+                    },
+                )?;
+                Ok(contact)
+            })
+            .collect()
+    }
+
     async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
         self.inner.escalated_since(since_ms).await
     }
@@ -427,6 +501,67 @@ mod tests {
             store.inbox_by_notice("in-1").await.unwrap()[0].envelope,
             suite::incoming_envelope("org-x", "in-1")
         );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn care_team_contacts_and_handled_receipts_are_ciphertext_in_the_backend() {
+        let (_dir, store, inner) = sealed().await;
+        let citizen = CitizenRef(b"citizen-1".to_vec());
+        let contact = |unit: &str| CareTeamContact {
+            citizen: citizen.clone(),
+            org: "org-x".into(),
+            unit: unit.into(),
+            contact: b"Ane Holm +45 55 55 12 34".to_vec(),
+            as_of_ms: 10,
+            learned_at_ms: 20,
+            notice_id: "n-1".into(),
+        };
+        let mut first = suite::incoming("org-x", "in-1", b"r-1");
+        first.care_team = Some(CareTeamChange::Learn(contact("coordinators")));
+        let mut second = suite::incoming("org-x", "in-2", b"r-2");
+        second.care_team = Some(CareTeamChange::Learn(contact("housing")));
+        store.accept_inbox(vec![first, second]).await.unwrap();
+
+        let raw = inner.care_team(&citizen).await.unwrap();
+        assert_eq!(raw.len(), 2);
+        assert!(!raw[0].contact.windows(8).any(|w| w == b"Ane Holm"));
+        // The handled receipt that teaches such a contact is sealed too.
+        let mut receipt = suite::incoming("org-x", "in-3", b"r-3");
+        receipt.handled = Some(crate::store::HandledReceipt {
+            notice_id: "ours-1".into(),
+            from_org: "org-x".into(),
+            inbox: "coordinators".into(),
+            status: crate::store::HandledStatus::Handled,
+            handled: b"Ane Holm +45 55 55 12 34".to_vec(),
+            received_at_ms: 30,
+        });
+        store.accept_inbox(vec![receipt]).await.unwrap();
+        let raw_receipt = inner.handled_receipts("ours-1").await.unwrap();
+        assert!(!raw_receipt[0].handled.windows(8).any(|w| w == b"Ane Holm"));
+        assert_eq!(
+            store.handled_receipts("ours-1").await.unwrap()[0].handled,
+            b"Ane Holm +45 55 55 12 34"
+        );
+        let plain = store.care_team(&citizen).await.unwrap();
+        assert_eq!(plain, [contact("coordinators"), contact("housing")]);
+
+        // One unit's ciphertext copied over the other's does not decrypt.
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(_dir.path().join("s.db")),
+        )
+        .await
+        .unwrap();
+        sqlx::query("UPDATE care_team SET contact = ? WHERE unit = 'housing'")
+            .bind(raw[0].contact.clone())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let error = store.care_team(&citizen).await.unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{text}");
+        assert!(text.contains("org-x") && text.contains("housing"), "{text}");
         store.close().await;
     }
 

@@ -112,7 +112,7 @@ macro_rules! sql_store {
                 rows_per_chunk,
             };
             use $crate::store::{
-                AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
+                AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery, OpenOutbox, OutboxFilter, OutboxItem,
                 OpenPlacement, OutboxUpdate, Placement, PurgeReport, RecipientDelivery, Store, StoreCounts, StoreError, StoredKey, SubmitOutcome,
                 WebhookCount, WebhookEvent, WebhookFilter, WebhookState, WebhookUpdate,
             };
@@ -391,6 +391,76 @@ macro_rules! sql_store {
                     });
                 }
                 Ok((row.try_get(0).map_err(error)?, row.try_get(1).map_err(error)?))
+            }
+
+            /// Applies care-team changes inside `tx`: per (citizen,
+            /// organisation, unit) the contact with the latest `as_of_ms`
+            /// stays, whether it came in this batch or before; then the
+            /// contacts of withdrawn notices go (also those learned in this
+            /// batch).
+            async fn change_care_team(
+                tx: &mut Transaction<'static, $db>,
+                operation: &'static str,
+                changes: Vec<&CareTeamChange>,
+            ) -> Result<(), StoreError> {
+                let error = query_error(operation);
+                // One statement may not touch a row twice (PostgreSQL
+                // refuses): the latest per key of this batch goes in.
+                let mut latest: BTreeMap<(&[u8], &str, &str), &CareTeamContact> = BTreeMap::new();
+                let mut forget = Vec::new();
+                for change in changes {
+                    let contact = match change {
+                        CareTeamChange::Learn(contact) => contact,
+                        CareTeamChange::Forget { org, notice_id } => {
+                            forget.push((org.as_deref(), notice_id.as_str()));
+                            continue;
+                        }
+                    };
+                    let key = (contact.citizen.0.as_slice(), contact.org.as_str(), contact.unit.as_str());
+                    match latest.entry(key) {
+                        std::collections::btree_map::Entry::Vacant(entry) => {
+                            entry.insert(contact);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut entry) => {
+                            if contact.as_of_ms >= entry.get().as_of_ms {
+                                entry.insert(contact);
+                            }
+                        }
+                    }
+                }
+                let rows: Vec<&CareTeamContact> = latest.into_values().collect();
+                for chunk in rows.chunks(rows_per_chunk($max_binds, 7)) {
+                    let mut query = QueryBuilder::<$db>::new(
+                        "INSERT INTO care_team \
+                         (citizen_ref, org, unit, contact, as_of_ms, learned_at_ms, notice_id) ",
+                    );
+                    query.push_values(chunk, |mut row, contact| {
+                        row.push_bind(contact.citizen.0.as_slice())
+                            .push_bind(contact.org.as_str())
+                            .push_bind(contact.unit.as_str())
+                            .push_bind(contact.contact.as_slice())
+                            .push_bind(contact.as_of_ms)
+                            .push_bind(contact.learned_at_ms)
+                            .push_bind(contact.notice_id.as_str());
+                    });
+                    query.push(
+                        " ON CONFLICT (citizen_ref, org, unit) DO UPDATE SET \
+                         contact = excluded.contact, as_of_ms = excluded.as_of_ms, \
+                         learned_at_ms = excluded.learned_at_ms, notice_id = excluded.notice_id \
+                         WHERE excluded.as_of_ms >= care_team.as_of_ms",
+                    );
+                    query.build().persistent(false).execute(&mut **tx).await.map_err(error)?;
+                }
+                for (org, notice_id) in forget {
+                    let mut query = QueryBuilder::<$db>::new("DELETE FROM care_team WHERE notice_id = ");
+                    query.push_bind(notice_id);
+                    if let Some(org) = org {
+                        query.push(" AND org = ");
+                        query.push_bind(org);
+                    }
+                    query.build().persistent(false).execute(&mut **tx).await.map_err(error)?;
+                }
+                Ok(())
             }
 
             /// The audit event for one outbox update of the row to `recipient`
@@ -715,6 +785,13 @@ macro_rules! sql_store {
                                 .detail(format!("to {}", recipients.join(", ")))
                         })
                         .collect();
+                    let changes = firsts
+                        .iter()
+                        .map(|&index| &batch[index])
+                        .filter(|notice| stored_keys.contains(&notice.idempotency_key))
+                        .filter_map(|notice| notice.care_team.as_ref())
+                        .collect();
+                    change_care_team(&mut tx, OP, changes).await?;
                     append_audit(self.audit_key.as_ref(), &mut tx, events).await?;
 
                     tx.commit().await.map_err(error)?;
@@ -1124,6 +1201,14 @@ macro_rules! sql_store {
                         query.push(" ON CONFLICT (notice_id, from_org, inbox, status) DO NOTHING");
                         query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
                     }
+
+                    let changes = firsts
+                        .iter()
+                        .map(|&index| &batch[index])
+                        .filter(|notice| stored.contains_key(&(notice.sender.clone(), notice.notice_id.clone())))
+                        .filter_map(|notice| notice.care_team.as_ref())
+                        .collect();
+                    change_care_team(&mut tx, OP, changes).await?;
 
                     // A webhook event per new placement in an inbox with a webhook, in
                     // this transaction: a placement is never without its event.
@@ -1889,6 +1974,31 @@ macro_rules! sql_store {
 
                 async fn listen_inbox(&self) -> Result<Option<Box<dyn $crate::store::InboxListener>>, StoreError> {
                     self.inbox_listener().await
+                }
+
+                async fn care_team(&self, citizen: &CitizenRef) -> Result<Vec<CareTeamContact>, StoreError> {
+                    const OP: &str = "care_team";
+                    let error = query_error(OP);
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT org, unit, contact, as_of_ms, learned_at_ms, notice_id FROM care_team \
+                         WHERE citizen_ref = ",
+                    );
+                    query.push_bind(citizen.0.as_slice());
+                    query.push(" ORDER BY org, unit");
+                    let rows = query.build().fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(CareTeamContact {
+                                citizen: citizen.clone(),
+                                org: row.try_get(0).map_err(error)?,
+                                unit: row.try_get(1).map_err(error)?,
+                                contact: row.try_get(2).map_err(error)?,
+                                as_of_ms: row.try_get(3).map_err(error)?,
+                                learned_at_ms: row.try_get(4).map_err(error)?,
+                                notice_id: row.try_get(5).map_err(error)?,
+                            })
+                        })
+                        .collect()
                 }
 
                 async fn close(&self) {

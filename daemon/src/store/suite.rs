@@ -60,6 +60,7 @@ pub(crate) fn notice(notice_id: &str, key: &str, recipients: &[&str]) -> NewNoti
             .collect(),
         actor: "api uid=1000".to_owned(),
         citizen: Some(citizen_of(notice_id)),
+        care_team: None,
     }
 }
 
@@ -93,6 +94,7 @@ pub(crate) fn incoming(sender: &str, notice_id: &str, receipt: &[u8]) -> Incomin
         kind: "admission".to_owned(),
         handled: None,
         webhooks: Vec::new(),
+        care_team: None,
     }
 }
 
@@ -2307,6 +2309,166 @@ pub(crate) async fn newest_inbox_cursor_follows_accepts(store: &dyn Store) {
     assert_eq!(store.newest_inbox_cursor().await.unwrap(), newest);
 }
 
+/// Learn [`contact`]`(…)`.
+fn learn(citizen: &str, org: &str, unit: &str, who: &str, as_of: Millis) -> super::CareTeamChange {
+    super::CareTeamChange::Learn(contact(citizen, org, unit, who, as_of))
+}
+
+/// A care-team contact for `citizen` from `org`'s `unit`, holding at `as_of`.
+fn contact(
+    citizen: &str,
+    org: &str,
+    unit: &str,
+    who: &str,
+    as_of: Millis,
+) -> super::CareTeamContact {
+    super::CareTeamContact {
+        citizen: CitizenRef(citizen.as_bytes().to_vec()),
+        org: org.to_owned(),
+        unit: unit.to_owned(),
+        contact: who.as_bytes().to_vec(),
+        as_of_ms: as_of,
+        learned_at_ms: as_of + 10,
+        notice_id: format!("about {who}"),
+    }
+}
+
+/// (org, unit, contact, as_of) of `citizen`'s care team.
+async fn care_team_of(store: &dyn Store, citizen: &str) -> Vec<(String, String, String, Millis)> {
+    store
+        .care_team(&CitizenRef(citizen.as_bytes().to_vec()))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.learned_at_ms, c.as_of_ms + 10);
+            assert_eq!(
+                c.notice_id,
+                format!("about {}", String::from_utf8_lossy(&c.contact))
+            );
+            (
+                c.org,
+                c.unit,
+                String::from_utf8(c.contact).unwrap(),
+                c.as_of_ms,
+            )
+        })
+        .collect()
+}
+
+pub(crate) async fn care_team_keeps_the_latest_contact_per_organisation_and_unit(
+    store: &dyn Store,
+) {
+    // Learned from received items: a handled receipt per team, two from
+    // the same team (the later one wins even though it arrives first), and
+    // another citizen's.
+    let mut items = Vec::new();
+    for (id, care) in [
+        (
+            "ct-1",
+            contact("cit-a", "org-x", "coordinators", "Bo, later", 300),
+        ),
+        (
+            "ct-2",
+            contact("cit-a", "org-x", "coordinators", "Ane, earlier", 200),
+        ),
+        ("ct-3", contact("cit-a", "org-x", "housing", "Eva", 250)),
+        ("ct-4", contact("cit-b", "org-x", "coordinators", "Ib", 100)),
+    ] {
+        let mut item = incoming("org-x", id, b"r");
+        item.care_team = Some(super::CareTeamChange::Learn(care));
+        items.push(item);
+    }
+    // In the same batch as a contact with the same key: the later stays.
+    let mut same_batch = incoming("org-y", "ct-5", b"r");
+    same_batch.care_team = Some(learn("cit-a", "org-y", "caseworker", "Ole", 500));
+    let mut same_batch_older = incoming("org-y", "ct-6", b"r");
+    same_batch_older.care_team = Some(learn("cit-a", "org-y", "caseworker", "Kim", 400));
+    items.push(same_batch);
+    items.push(same_batch_older);
+    store.accept_inbox(items).await.unwrap();
+    // A resent item teaches nothing new: it is a duplicate.
+    let mut resent = incoming("org-x", "ct-2", b"r");
+    resent.care_team = Some(learn("cit-a", "org-x", "coordinators", "Ane, again", 900));
+    store.accept_inbox(vec![resent]).await.unwrap();
+
+    assert_eq!(
+        care_team_of(store, "cit-a").await,
+        [
+            (
+                "org-x".into(),
+                "coordinators".into(),
+                "Bo, later".into(),
+                300
+            ),
+            ("org-x".into(), "housing".into(), "Eva".into(), 250),
+            ("org-y".into(), "caseworker".into(), "Ole".into(), 500),
+        ]
+    );
+
+    // Learned from a plan change we submit: a later one replaces it, an
+    // older one (and a duplicate submit) does not.
+    let mut plan = notice("plan-1", "k-plan-1", &["org-y"]);
+    plan.care_team = Some(learn("cit-a", "org-a", "coordinator", "Lis", 600));
+    let mut older = notice("plan-2", "k-plan-2", &["org-y"]);
+    older.care_team = Some(learn("cit-a", "org-a", "coordinator", "Per", 550));
+    store.submit(vec![plan, older]).await.unwrap();
+    let mut duplicate = notice("plan-3", "k-plan-1", &["org-y"]);
+    duplicate.care_team = Some(learn("cit-a", "org-a", "coordinator", "Dup", 999));
+    store.submit(vec![duplicate]).await.unwrap();
+    let team = care_team_of(store, "cit-a").await;
+    assert_eq!(
+        team[0],
+        ("org-a".into(), "coordinator".into(), "Lis".into(), 600)
+    );
+    let mut newer = notice("plan-4", "k-plan-4", &["org-y"]);
+    newer.care_team = Some(learn("cit-a", "org-a", "coordinator", "Mia", 700));
+    store.submit(vec![newer]).await.unwrap();
+    let team = care_team_of(store, "cit-a").await;
+    assert_eq!(team.len(), 4);
+    assert_eq!(
+        team[0],
+        ("org-a".into(), "coordinator".into(), "Mia".into(), 700)
+    );
+
+    assert_eq!(
+        care_team_of(store, "cit-b").await,
+        [("org-x".into(), "coordinators".into(), "Ib".into(), 100)]
+    );
+    assert!(care_team_of(store, "cit-c").await.is_empty());
+
+    // A correction withdraws what its notice taught: from a peer only that
+    // peer's (org-y's "about Eva" would be org-x's), ours any peer's.
+    let forget = |org: Option<&str>, who: &str| super::CareTeamChange::Forget {
+        org: org.map(str::to_owned),
+        notice_id: format!("about {who}"),
+    };
+    let mut not_theirs = incoming("org-y", "ct-7", b"r");
+    not_theirs.care_team = Some(forget(Some("org-y"), "Eva"));
+    let mut theirs = incoming("org-y", "ct-8", b"r");
+    theirs.care_team = Some(forget(Some("org-y"), "Ole"));
+    // Replaced already: "Ane, earlier" is no longer stored, Bo stays.
+    let mut replaced = incoming("org-x", "ct-9", b"r");
+    replaced.care_team = Some(forget(Some("org-x"), "Ane, earlier"));
+    store
+        .accept_inbox(vec![not_theirs, theirs, replaced])
+        .await
+        .unwrap();
+    let mut ours = notice("corr-1", "k-corr-1", &["org-x"]);
+    ours.care_team = Some(forget(None, "Ib"));
+    store.submit(vec![ours]).await.unwrap();
+    let units = |team: Vec<(String, String, String, Millis)>| -> Vec<String> {
+        team.into_iter()
+            .map(|(org, unit, _, _)| format!("{org}/{unit}"))
+            .collect()
+    };
+    assert_eq!(
+        units(care_team_of(store, "cit-a").await),
+        ["org-a/coordinator", "org-x/coordinators", "org-x/housing"]
+    );
+    assert!(care_team_of(store, "cit-b").await.is_empty());
+}
+
 /// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
 /// expression (evaluated afresh for each test) that awaits to
 /// `(guard, store)`, or to `Option<(guard, store)>` where `None` skips the
@@ -2348,6 +2510,7 @@ macro_rules! store_suite {
             webhook_events_queue_with_their_placement,
             webhook_claims_are_oldest_first_and_bounded,
             newest_inbox_cursor_follows_accepts,
+            care_team_keeps_the_latest_contact_per_organisation_and_unit,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -1,9 +1,14 @@
 //! `tvaers-demo`: three organisations on loopback exchange the four notice
-//! kinds, then each site's inbox and each notice's delivery are printed.
+//! kinds; the municipality's staff handle the admission, so psychiatry
+//! learns who took it (a handled receipt) and whom to call about the
+//! citizen (its care-team view). Then each notice's delivery, each site's
+//! inbox with the team inboxes its routing rules chose, the handled receipt
+//! and the care-team view are printed.
 //!
 //! Runs real `tvaersd` processes with fresh keys and SQLite files. Exit code
-//! 0 when every notice reached the right inboxes exactly once and is
-//! delivered, 1 otherwise.
+//! 0 when every notice (and the handled receipt) reached the right site and
+//! team inbox exactly once and is delivered, and the care-team view lists
+//! exactly who it should; 1 otherwise.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tvaers_client::{Client, DeliveryState, Submission, v1};
-use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, PSYCHIATRY, Sites, Tuning};
+use tvaers_daemon::config::format_time;
+use tvaers_e2e::{GENERAL_PRACTICE, MUNICIPALITY, MUNICIPALITY_ROUTES, PSYCHIATRY, Sites, Tuning};
 use tvaers_proto::validate::sample;
 
 /// Run three tvaers sites (municipality, psychiatry, general practice) on
@@ -30,6 +36,37 @@ struct Args {
 
 /// A made-up citizen (a valid CPR format; not a real person).
 const CITIZEN: &str = "0707814321";
+
+/// Routing rules of the general practice: everything to the clinic.
+const PRACTICE_INBOXES: &str = r#"
+[inboxes]
+default = "clinic"
+"#;
+
+/// The team inbox a notice of `kind` should land in at `org`, by
+/// [`MUNICIPALITY_ROUTES`] and [`PRACTICE_INBOXES`] (psychiatry has no
+/// rules: everything goes to `main`). A handled receipt is for the delivery
+/// status, in no team inbox.
+fn expected_inbox(org: &str, kind: &str) -> Option<&'static str> {
+    Some(match (org, kind) {
+        (_, "handled") => return None,
+        (o, "admission" | "discharge") if o == MUNICIPALITY.org_id => "discharge-coordinators",
+        (o, "no_show") if o == MUNICIPALITY.org_id => "housing-support",
+        (o, _) if o == MUNICIPALITY.org_id => "caseworkers",
+        (o, _) if o == GENERAL_PRACTICE.org_id => "clinic",
+        _ => "main",
+    })
+}
+
+/// Who at the municipality takes the admission.
+fn coordinator() -> v1::Contact {
+    v1::Contact {
+        name: "Ane Holm".into(),
+        role: "udskrivningskoordinator".into(),
+        phone: "+45 55 36 12 34".into(),
+        email: String::new(),
+    }
+}
 
 struct Sent {
     label: &'static str,
@@ -67,6 +104,8 @@ async fn run(args: Args) -> Result<()> {
         }
         None => Sites::temporary(&specs)?,
     };
+    sites.add_config_tables(MUNICIPALITY.org_id, MUNICIPALITY_ROUTES)?;
+    sites.add_config_tables(GENERAL_PRACTICE.org_id, PRACTICE_INBOXES)?;
     println!("Sites in {}", sites.root.display());
     println!("Starting three daemons …");
     sites.start_all().await?;
@@ -176,7 +215,15 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
-    println!("\nInboxes:");
+    let admission = sent
+        .iter()
+        .find(|n| n.label == "admission")
+        .map(|n| n.notice_id.clone())
+        .context("the admission was not sent")?;
+    handle_the_admission(&municipality, &psychiatry, &admission, &mut problems).await?;
+    show_the_care_team(&psychiatry, &mut problems).await?;
+
+    println!("\nInboxes (team inboxes chosen by each site's routing rules):");
     for org in sites.org_ids() {
         let client = sites.client(org).await?;
         let items = client.list_inbox(0, 100).await?;
@@ -187,10 +234,23 @@ async fn run(args: Args) -> Result<()> {
                 .notice
                 .as_ref()
                 .map_or("none", v1::Notice::kind_name);
+            let placed: Vec<&str> = item.placements.iter().map(|p| p.inbox.as_str()).collect();
+            let shown = if placed.is_empty() {
+                "(delivery status)".to_owned()
+            } else {
+                format!("→ {}", placed.join(", "))
+            };
             println!(
-                "    #{:<3} from {:<22} {:<12} {}",
-                item.cursor, envelope.sender, kind, envelope.notice_id
+                "    #{:<3} from {:<22} {:<12} {:<27} {}",
+                item.cursor, envelope.sender, kind, shown, envelope.notice_id
             );
+            let expected: Vec<&str> = expected_inbox(org, kind).into_iter().collect();
+            if placed != expected {
+                problems.push(format!(
+                    "{kind} from {} is in {org}'s team inboxes {placed:?}, expected {expected:?}",
+                    envelope.sender
+                ));
+            }
         }
         for notice in sent.iter().filter(|n| n.to.contains(&org)) {
             let copies = items
@@ -208,7 +268,23 @@ async fn run(args: Args) -> Result<()> {
                 ));
             }
         }
-        let expected = sent.iter().filter(|n| n.to.contains(&org)).count();
+        // Psychiatry also holds the municipality's handled receipt.
+        let receipts = usize::from(org == psyk);
+        let handled = items
+            .iter()
+            .filter(|i| {
+                i.envelope
+                    .as_ref()
+                    .and_then(|e| e.notice.as_ref())
+                    .is_some_and(|n| n.kind_name() == "handled")
+            })
+            .count();
+        if handled != receipts {
+            problems.push(format!(
+                "{org} holds {handled} handled receipts, expected {receipts}"
+            ));
+        }
+        let expected = sent.iter().filter(|n| n.to.contains(&org)).count() + receipts;
         if items.len() != expected {
             problems.push(format!(
                 "{org} has {} items, expected {expected}",
@@ -239,6 +315,114 @@ async fn run(args: Args) -> Result<()> {
     if !problems.is_empty() {
         bail!("{}\n\nlogs:\n{}", problems.join("\n"), sites.all_logs());
     }
-    println!("All four notices are in the right inboxes, once each, and delivered.");
+    println!(
+        "All four notices are in the right team inboxes, once each, and delivered; psychiatry \
+         learned who handled its admission and whom to call about the citizen."
+    );
+    Ok(())
+}
+
+/// The municipality's discharge coordinator opens and takes the admission;
+/// psychiatry's delivery status then shows who did, from the handled
+/// receipt.
+async fn handle_the_admission(
+    municipality: &Client,
+    psychiatry: &Client,
+    admission: &str,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let (kommune, team) = (MUNICIPALITY.org_id, "discharge-coordinators");
+    let items = municipality.list_team_inbox(team, 0, 100).await?;
+    let item = items
+        .iter()
+        .find(|i| i.notice_id == admission)
+        .with_context(|| format!("the admission is not in {kommune}'s {team} inbox"))?;
+    let handler = coordinator();
+    municipality
+        .mark_read(item.cursor, team, &handler.name)
+        .await?;
+    municipality
+        .mark_handled(item.cursor, team, handler.clone(), "home visit booked")
+        .await?;
+    println!(
+        "\nHandled: {} takes the admission in {kommune}'s {team} inbox",
+        handler.name
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let handled = loop {
+        let status = psychiatry.delivery_status(admission).await?;
+        let handled = status
+            .recipients
+            .iter()
+            .find(|r| r.recipient == kommune)
+            .map(|r| r.handled.clone())
+            .unwrap_or_default();
+        if !handled.is_empty() || Instant::now() > deadline {
+            break handled;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("  psychiatry's delivery status of its admission to {kommune}:");
+    for receipt in &handled {
+        let contact = receipt.handler.clone().unwrap_or_default();
+        println!(
+            "    delivered, handled in {} by {} ({}, {}) at {}",
+            receipt.inbox,
+            contact.name,
+            contact.role,
+            contact.phone,
+            format_time(receipt.handled_at_ms)
+        );
+    }
+    let by: Vec<(String, Option<v1::Contact>)> =
+        handled.into_iter().map(|r| (r.inbox, r.handler)).collect();
+    if by != [(team.to_owned(), Some(handler))] {
+        problems.push(format!(
+            "psychiatry's status of its admission shows {} handled receipts, expected one from {team}",
+            by.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Psychiatry's care-team view of the citizen: the municipality's
+/// discharge coordinator (from the handled receipt) and the plan's
+/// coordinating caseworker (from the plan change).
+async fn show_the_care_team(psychiatry: &Client, problems: &mut Vec<String>) -> Result<()> {
+    let team = psychiatry.care_team(CITIZEN).await?;
+    println!("\nCare team of the citizen, as psychiatry knows it (tvaers care-team):");
+    for member in &team {
+        let contact = member.contact.clone().unwrap_or_default();
+        println!(
+            "  {:<22} {:<25} {:<18} {:<17} learned {}",
+            member.org_id,
+            member.unit,
+            contact.name,
+            contact.phone,
+            format_time(member.learned_at_ms)
+        );
+    }
+    let found: Vec<(&str, &str)> = team
+        .iter()
+        .map(|m| (m.org_id.as_str(), m.unit.as_str()))
+        .collect();
+    let kommune = MUNICIPALITY.org_id;
+    let expected = [
+        (kommune, "coordinating-caseworker"),
+        (kommune, "discharge-coordinators"),
+    ];
+    if found != expected {
+        problems.push(format!(
+            "psychiatry's care-team view lists {found:?}, expected {expected:?}"
+        ));
+    }
+    if team
+        .get(1)
+        .and_then(|m| m.contact.as_ref())
+        .is_none_or(|c| *c != coordinator())
+    {
+        problems.push("the care-team view does not name the discharge coordinator".to_owned());
+    }
     Ok(())
 }
