@@ -129,13 +129,16 @@ pub fn handling_row<'a>(cursor: &'a [u8; 8], inbox: &'a str) -> [&'a [u8]; 3] {
     [b"handling", cursor, inbox.as_bytes()]
 }
 
-/// What a peer's handled receipt (its handler's contact) is bound to.
-pub fn handled_row<'a>(notice_id: &'a str, from_org: &'a str, inbox: &'a str) -> [&'a [u8]; 4] {
+/// What a peer's business receipt (handled, with its handler's contact, or
+/// overdue) is bound to: its row, status included, so a handled and an
+/// overdue receipt of one team cannot be swapped.
+pub fn handled_row(receipt: &HandledReceipt) -> [&[u8]; 5] {
     [
         b"handled_receipt",
-        notice_id.as_bytes(),
-        from_org.as_bytes(),
-        inbox.as_bytes(),
+        receipt.notice_id.as_bytes(),
+        receipt.from_org.as_bytes(),
+        receipt.inbox.as_bytes(),
+        receipt.status.as_str().as_bytes(),
     ]
 }
 
@@ -191,10 +194,7 @@ impl Store for SealedStore {
             )?;
             self.seal_care_team(&mut notice.care_team)?;
             if let Some(receipt) = &mut notice.handled {
-                receipt.handled = self.seal(
-                    &handled_row(&receipt.notice_id, &receipt.from_org, &receipt.inbox),
-                    &receipt.handled,
-                )?;
+                receipt.handled = self.seal(&handled_row(receipt), &receipt.handled)?;
             }
         }
         self.inner.accept_inbox(batch).await
@@ -306,16 +306,12 @@ impl Store for SealedStore {
         receipts
             .into_iter()
             .map(|mut receipt| {
-                receipt.handled = self.open(
-                    &handled_row(&receipt.notice_id, &receipt.from_org, &receipt.inbox),
-                    &receipt.handled,
-                    || {
-                        format!(
-                            "the handled receipt for notice {} from {} ({})",
-                            receipt.notice_id, receipt.from_org, receipt.inbox
-                        )
-                    },
-                )?;
+                receipt.handled = self.open(&handled_row(&receipt), &receipt.handled, || {
+                    format!(
+                        "the handled receipt for notice {} from {} ({})",
+                        receipt.notice_id, receipt.from_org, receipt.inbox
+                    )
+                })?;
                 Ok(receipt)
             })
             .collect()
@@ -557,11 +553,32 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        pool.close().await;
         let error = store.care_team(&citizen).await.unwrap_err();
         let text = error.to_string();
         assert!(matches!(error, StoreError::Corrupt(_)), "{text}");
         assert!(text.contains("org-x") && text.contains("housing"), "{text}");
+
+        // The same team's overdue receipt: its row differs only in status,
+        // and the handled receipt's ciphertext does not decrypt there.
+        let mut overdue = suite::incoming("org-x", "in-4", b"r-4");
+        overdue.handled = Some(crate::store::HandledReceipt {
+            notice_id: "ours-1".into(),
+            from_org: "org-x".into(),
+            inbox: "coordinators".into(),
+            status: crate::store::HandledStatus::Overdue,
+            handled: b"overdue since 40".to_vec(),
+            received_at_ms: 40,
+        });
+        store.accept_inbox(vec![overdue]).await.unwrap();
+        assert_eq!(store.handled_receipts("ours-1").await.unwrap().len(), 2);
+        sqlx::query("UPDATE handled_receipts SET handled = ? WHERE status = 'overdue'")
+            .bind(raw_receipt[0].handled.clone())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let error = store.handled_receipts("ours-1").await.unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
         store.close().await;
     }
 
