@@ -342,17 +342,24 @@ fn default_webhook_max_attempts() -> u32 {
     DEFAULT_WEBHOOK_MAX_ATTEMPTS
 }
 
-/// `[[inboxes.webhooks]]` checked against the inboxes `routing` fills;
-/// errors as (key, problem).
+/// `[[inboxes.webhooks]]` checked against the inboxes `routing` and
+/// `escalation` fill; errors as (key, problem).
 fn webhooks(
     file: Option<&FileInboxes>,
     routing: &RoutingTable,
+    escalation: &EscalationPolicy,
     resolve: impl Fn(&Path) -> PathBuf,
 ) -> Result<Vec<WebhookConfig>, (String, String)> {
     let Some(file) = file else {
         return Ok(Vec::new());
     };
-    let known = routing.inboxes();
+    let mut known = routing.inboxes();
+    known.extend(
+        escalation
+            .rules()
+            .iter()
+            .map(|rule| rule.escalate_to.as_str()),
+    );
     let mut hooks: Vec<WebhookConfig> = Vec::with_capacity(file.webhooks.len());
     for (index, hook) in file.webhooks.iter().enumerate() {
         let at =
@@ -360,7 +367,10 @@ fn webhooks(
         if !known.contains(&hook.inbox.as_str()) {
             return Err(at(
                 "inbox",
-                format!("no route or default fills inbox {:?}", hook.inbox),
+                format!(
+                    "no route, default or escalation fills inbox {:?}",
+                    hook.inbox
+                ),
             ));
         }
         if hooks.iter().any(|h| h.inbox == hook.inbox) {
@@ -983,7 +993,7 @@ impl Config {
             &file.working_hours.unwrap_or_default(),
         )
         .map_err(|(key, problem)| invalid(&key, problem))?;
-        let webhooks = webhooks(file.inboxes.as_ref(), &routing, resolve)
+        let webhooks = webhooks(file.inboxes.as_ref(), &routing, &escalation, resolve)
             .map_err(|(key, problem)| invalid(&key, problem))?;
 
         Ok(Config {
@@ -1488,6 +1498,23 @@ include_notice = true
             hooks.replace("max_attempts = 2", "include_body = true")
         );
         assert!(Config::parse(Path::new("x.toml"), &unknown).is_err());
+
+        // An inbox only escalations fill may have a webhook too.
+        let escalation_only = format!(
+            "{GOOD}{}",
+            hooks.replace("inbox = \"caseworkers\"", "inbox = \"team-leads\"")
+        );
+        assert!(Config::parse(Path::new("x.toml"), &escalation_only).is_err());
+        let with_deadline = format!(
+            "{escalation_only}
+[[inboxes.deadlines]]
+inbox = \"discharge-coordinators\"
+within_working_hours = 4
+escalate_to = \"team-leads\"
+"
+        );
+        let c = Config::parse(Path::new("x.toml"), &with_deadline).unwrap();
+        assert_eq!(c.webhooks[1].inbox, "team-leads");
     }
 
     #[test]

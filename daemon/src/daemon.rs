@@ -264,6 +264,7 @@ pub async fn run(
     );
 
     let (newest_cursor, newest_cursor_rx) = watch::channel(0u64);
+    let webhook_inboxes: Vec<String> = config.webhooks.iter().map(|h| h.inbox.clone()).collect();
     let webhook_wake = newest_cursor_rx.clone();
     let inbox_listener =
         crate::inbox_signal::spawn(store.clone(), newest_cursor.clone(), shutdown.clone());
@@ -276,7 +277,7 @@ pub async fn run(
         max_frame_bytes: config.transport.max_frame_bytes,
         inbox: accepts,
         routing: config.routing.clone(),
-        webhook_inboxes: config.webhooks.iter().map(|h| h.inbox.clone()).collect(),
+        webhook_inboxes: webhook_inboxes.clone(),
         store: store.clone(),
         citizen_refs: audit_keys.citizens.clone(),
         newest_cursor,
@@ -359,6 +360,7 @@ pub async fn run(
         crate::escalator::spawn(
             state.clone(),
             config.escalation.clone(),
+            webhook_inboxes,
             escalation_signal,
             shutdown.clone(),
         )

@@ -36,6 +36,7 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn escalate_due(
     store: &dyn Store,
     policy: &EscalationPolicy,
+    webhook_inboxes: &[String],
     now: Millis,
 ) -> Result<(Vec<(u64, String)>, Option<Millis>), StoreError> {
     let mut timed: Vec<String> = policy.rules().iter().map(|r| r.inbox.clone()).collect();
@@ -57,7 +58,13 @@ pub async fn escalate_due(
     let mut escalated = Vec::new();
     for due in &step.escalate {
         if store
-            .escalate(due.id, &due.inbox, &due.escalate_to, now)
+            .escalate(
+                due.id,
+                &due.inbox,
+                &due.escalate_to,
+                now,
+                webhook_inboxes.contains(&due.escalate_to),
+            )
             .await?
         {
             escalated.push((due.id, due.inbox.clone()));
@@ -76,10 +83,12 @@ pub async fn escalate_due(
 /// Runs [`escalate_due`] until `shutdown`, waking for new items
 /// (`newest_cursor`) and deadlines, and tells the senders of the items it
 /// escalates. Escalating places items in escalation inboxes, so it raises
-/// `newest_cursor` too: streams of those inboxes wake.
+/// `newest_cursor` too: streams of those inboxes wake, and an escalation
+/// inbox among `webhook_inboxes` gets a webhook event.
 pub fn spawn(
     state: Arc<ApiState>,
     policy: EscalationPolicy,
+    webhook_inboxes: Vec<String>,
     newest_cursor: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -88,7 +97,9 @@ pub fn spawn(
         loop {
             placed.borrow_and_update();
             let now = now_ms();
-            let sleep = match escalate_due(state.store.as_ref(), &policy, now).await {
+            let sleep = match escalate_due(state.store.as_ref(), &policy, &webhook_inboxes, now)
+                .await
+            {
                 Ok((escalated, next)) => {
                     if !escalated.is_empty() {
                         newest_cursor.send_modify(|_| {});

@@ -460,3 +460,43 @@ async fn an_inbox_may_opt_in_to_the_full_notice() {
         "a log holds the CPR number"
     );
 }
+
+/// An escalation inbox with a webhook is told of each item escalated into
+/// it, like of an item routed there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_escalated_item_reaches_the_escalation_inbox_s_webhook() {
+    let kommune = MUNICIPALITY.org_id;
+    let port = free_port().unwrap();
+    let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
+    configure_hooks(&sites, &[hook("team-leads", port, 5, false)]);
+    // No time to handle an admission, always within working hours.
+    sites
+        .add_config_tables(
+            kommune,
+            r#"
+[[inboxes.deadlines]]
+inbox = "discharge-coordinators"
+kinds = ["admission"]
+within_working_hours = 0
+escalate_to = "team-leads"
+
+[working_hours]
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+open = "00:00"
+close = "24:00"
+"#,
+        )
+        .unwrap();
+    let (_server, mut requests) = serve(port);
+    sites.start_all().await.unwrap();
+
+    let admission = send(&sites, "n-1", sample::admission(CPR)).await;
+    let body = verified_in(&next(&mut requests).await, "team-leads");
+    assert_eq!(body["notice_id"], admission.as_str());
+    assert_eq!(body["kind"], "admission");
+    // One event, of the escalation inbox only, marked delivered.
+    wait_for(&sites, "the event is delivered", |rows| {
+        rows.len() == 1 && rows[0].inbox == "team-leads" && rows[0].state == "delivered"
+    })
+    .await;
+}

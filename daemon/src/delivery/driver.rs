@@ -797,7 +797,14 @@ mod tests {
         ) -> Result<Vec<crate::store::OpenPlacement>, StoreError> {
             unimplemented!("not used by the driver")
         }
-        async fn escalate(&self, _: u64, _: &str, _: &str, _: Millis) -> Result<bool, StoreError> {
+        async fn escalate(
+            &self,
+            _: u64,
+            _: &str,
+            _: &str,
+            _: Millis,
+            _: bool,
+        ) -> Result<bool, StoreError> {
             unimplemented!("not used by the driver")
         }
         async fn ack_inbox(&self, _: u64, _: Millis, _: &str) -> Result<bool, StoreError> {

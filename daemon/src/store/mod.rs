@@ -590,15 +590,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn handled_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError>;
 
     /// Escalates an item whose deadline in `inbox` passed: marks it
-    /// escalated there and places it in `escalate_to`, in one transaction.
-    /// Returns false (and changes nothing) if it was handled or escalated
-    /// meanwhile.
+    /// escalated there and places it in `escalate_to` (with a pending
+    /// [`WebhookEvent`] there when `webhook`: that inbox has a webhook), in
+    /// one transaction. Returns false (and changes nothing) if it was
+    /// handled or escalated meanwhile.
     async fn escalate(
         &self,
         cursor: u64,
         inbox: &str,
         escalate_to: &str,
         at_ms: Millis,
+        webhook: bool,
     ) -> Result<bool, StoreError>;
 
     /// Marks an item handled in one team inbox (and read, if it was not).

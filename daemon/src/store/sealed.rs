@@ -331,8 +331,11 @@ impl Store for SealedStore {
         inbox: &str,
         escalate_to: &str,
         at_ms: Millis,
+        webhook: bool,
     ) -> Result<bool, StoreError> {
-        self.inner.escalate(cursor, inbox, escalate_to, at_ms).await
+        self.inner
+            .escalate(cursor, inbox, escalate_to, at_ms, webhook)
+            .await
     }
 
     async fn audit_entries(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {

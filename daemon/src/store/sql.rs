@@ -1546,6 +1546,7 @@ macro_rules! sql_store {
                     inbox: &str,
                     escalate_to: &str,
                     at_ms: Millis,
+                    webhook: bool,
                 ) -> Result<bool, StoreError> {
                     const OP: &str = "escalate";
                     let error = query_error(OP);
@@ -1579,6 +1580,24 @@ macro_rules! sql_store {
                     });
                     query.push(" ON CONFLICT (cursor, inbox_name) DO NOTHING");
                     query.build().execute(&mut *tx).await.map_err(error)?;
+                    if webhook {
+                        // Like a received item's: the placement is never without it.
+                        let mut query = QueryBuilder::<$db>::new(
+                            "INSERT INTO webhook_events \
+                             (inbox, cursor, kind, state, next_attempt_at_ms, created_at_ms, updated_at_ms) ",
+                        );
+                        query.push_values([()], |mut row, ()| {
+                            row.push_bind(escalate_to)
+                                .push_bind(row_cursor)
+                                .push_bind(kind.as_str())
+                                .push("'pending'")
+                                .push_bind(at_ms)
+                                .push_bind(at_ms)
+                                .push_bind(at_ms);
+                        });
+                        query.push(" ON CONFLICT (cursor, inbox) DO NOTHING");
+                        query.build().execute(&mut *tx).await.map_err(error)?;
+                    }
                     let (notice_id, sender) = placement_notice(&mut tx, OP, cursor, row_cursor, inbox).await?;
                     let event = AuditEvent::new(at_ms, "daemon", AuditAction::Escalated)
                         .notice(notice_id)

@@ -1479,7 +1479,7 @@ pub(crate) async fn team_inbox_reads_follow_placement_order(store: &dyn Store) {
 
     assert!(
         store
-            .escalate(early, "coordinators", "leads", 7_000)
+            .escalate(early, "coordinators", "leads", 7_000, false)
             .await
             .unwrap()
     );
@@ -1581,19 +1581,19 @@ pub(crate) async fn escalation_moves_an_open_item_once_and_never_a_handled_one(s
         .unwrap();
     assert!(
         !store
-            .escalate(two, "coordinators", "leads", 7_000)
+            .escalate(two, "coordinators", "leads", 7_000, true)
             .await
             .unwrap()
     );
     assert!(
         store
-            .escalate(one, "coordinators", "leads", 7_000)
+            .escalate(one, "coordinators", "leads", 7_000, true)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .escalate(one, "coordinators", "leads", 8_000)
+            .escalate(one, "coordinators", "leads", 8_000, true)
             .await
             .unwrap()
     );
@@ -1633,6 +1633,26 @@ pub(crate) async fn escalation_moves_an_open_item_once_and_never_a_handled_one(s
         .unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].event.notice_id.as_deref(), Some("in-1"));
+    // The escalation inbox has a webhook: one event, for the escalated item
+    // only (the refused and repeated escalations added none).
+    let events = store
+        .list_webhooks(WebhookFilter {
+            limit: 10,
+            ..WebhookFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].inbox.as_str(),
+            events[0].cursor,
+            events[0].kind.as_str()
+        ),
+        ("leads", one, "admission")
+    );
+    assert_eq!(events[0].state, WebhookState::Pending);
+    assert_eq!(events[0].next_attempt_at_ms, 7_000);
 }
 
 /// A business receipt is stored with the item that carries it, once per
