@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod escalation;
 pub mod escalator;
 pub mod identity;
+pub mod lease;
 pub mod metrics;
 pub mod peers;
 pub mod receive;

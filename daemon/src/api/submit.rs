@@ -114,6 +114,8 @@ pub(crate) async fn store_and_send(
         })
         .collect();
 
+    let citizen_ref = state.citizen_refs.reference(cpr.digits());
+    let shard = crate::lease::shard_of(Some(&citizen_ref), &notice_id);
     let outcome = state
         .submits
         .run(NewNotice {
@@ -124,7 +126,7 @@ pub(crate) async fn store_and_send(
             expires_at_ms,
             recipients: recipients.clone(),
             actor,
-            citizen: Some(state.citizen_refs.reference(cpr.digits())),
+            citizen: Some(citizen_ref),
         })
         .await?;
 
@@ -145,6 +147,7 @@ pub(crate) async fn store_and_send(
                             attempts: 0,
                             not_before_ms: created_at_ms,
                         },
+                        shard,
                         &notice_id,
                         item.envelope,
                         created_at_ms,

@@ -76,6 +76,11 @@
 //!    is ignored. The machine forgets finished items, so the driver must not
 //!    enqueue a row the store already marked delivered or failed.
 //!
+//! 8. **Release.** [`Event::Release`] forgets an item without any action
+//!    (its shard's lease moved to another instance, which sends it now);
+//!    later items of its citizen are unblocked as for a finished one, though
+//!    the driver releases a whole shard, so they go too.
+//!
 //! At start-up the driver should feed every reloaded row (in any order: they
 //! are ordered by `seq`) before it delivers [`Event::Connected`]: an item
 //! already sent cannot be recalled if a smaller `seq` of its citizen appears
@@ -161,6 +166,10 @@ pub enum Event {
     /// An operator gave up on one seq. Applies only while it is queued: once
     /// on the wire, the peer's receipt decides.
     Cancel { seq: i64, reason: String },
+    /// This instance no longer holds the lease of `seq`'s shard: forget it
+    /// (queued or in flight) without an outcome, as if never enqueued.
+    /// Another instance sends it now; a late receipt for it is ignored.
+    Release { seq: i64 },
     /// Time passed (the driver woke up).
     Tick,
     /// The daemon is stopping: no new connections and no new sends; outcomes
@@ -305,6 +314,7 @@ impl Machine {
                     });
                 }
             }
+            Event::Release { seq } => self.finish(now, seq),
             Event::Tick => {}
             Event::Shutdown => self.shutting_down = true,
         }
@@ -723,6 +733,31 @@ mod tests {
         }
         let a = m.handle(0, Event::Connected);
         (m, a)
+    }
+
+    #[test]
+    fn released_items_are_forgotten_without_an_outcome() {
+        let mut m = Machine::new(cfg(1));
+        m.handle(0, Event::Enqueued(item(1, 7)));
+        m.handle(0, Event::Enqueued(item(2, 7)));
+        m.handle(0, Event::Enqueued(item(3, 8)));
+        let a = m.handle(0, Event::Connected);
+        assert_eq!(sent(&a), vec![1, 3]);
+        // Seq 2 queued behind seq 1 in flight: both released (the driver
+        // releases a whole shard, so all of a citizen's rows).
+        for seq in [2, 1] {
+            let a = m.handle(10, Event::Release { seq });
+            assert!(
+                a.iter().all(|action| matches!(action, Action::WakeAt(_))),
+                "{a:?}"
+            );
+        }
+        assert_eq!((m.queued(), m.in_flight()), (0, 1));
+        // A late receipt for a released seq is ignored.
+        assert!(m.handle(20, accepted(1)).is_empty());
+        let a = m.handle(20, accepted(3));
+        assert_eq!(a, vec![Action::Delivered { seq: 3 }]);
+        assert_eq!((m.queued(), m.in_flight()), (0, 0));
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Lease claims lock the rows they take and skip those another
+    /// instance is claiming, instead of waiting for it.
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// any form libpq accepts as a URL) with a pool of at most
     /// `max_connections`, and brings its schema up to date.
@@ -257,6 +261,31 @@ mod tests {
     }
 
     store_suite!(fresh());
+
+    /// Two instances sharing one database: the same notice reaching both
+    /// at once is stored once, and both answer with the first receipt.
+    #[tokio::test]
+    async fn the_same_notice_reaching_two_instances_is_stored_once() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let (one, two) = (schema.open().await, schema.open().await);
+        for round in 0..20 {
+            let id = format!("n-{round}");
+            let (a, b) = tokio::join!(
+                one.accept_inbox(vec![suite::incoming("org-x", &id, b"receipt one")]),
+                two.accept_inbox(vec![suite::incoming("org-x", &id, b"receipt two")]),
+            );
+            let (a, b) = (a.expect("accept on one"), b.expect("accept on two"));
+            assert_eq!(a[0].cursor, b[0].cursor, "{id}");
+            assert!(a[0].newly_stored ^ b[0].newly_stored, "{id}: {a:?} {b:?}");
+            assert_eq!(a[0].receipt, b[0].receipt);
+        }
+        assert_eq!(one.counts().await.expect("counts").inbox_total, 20);
+        assert_eq!(two.inbox_after(0, 100, false, None).await.expect("inbox").len(), 20);
+        one.close().await;
+        two.close().await;
+    }
 
     #[tokio::test]
     async fn data_persists_across_close_and_reopen() {
