@@ -482,12 +482,13 @@ impl Task {
         for shard in lapsed {
             let seqs = self.by_shard.remove(&shard).unwrap_or_default();
             tracing::info!(peer = %self.target.org_id, shard, notices = seqs.len(), "outbox shard released to another instance");
-            for seq in seqs {
-                self.envelopes.remove(&seq);
-                self.receipts.remove(&seq);
-                for action in self.machine.handle(now, Event::Release { seq }) {
-                    self.perform(action);
-                }
+            for seq in &seqs {
+                self.envelopes.remove(seq);
+                self.receipts.remove(seq);
+            }
+            let seqs = seqs.into_iter().collect();
+            for action in self.machine.handle(now, Event::Release { seqs }) {
+                self.perform(action);
             }
         }
     }
@@ -562,7 +563,7 @@ impl Task {
                 return;
             }
         };
-        let mut loaded = 0;
+        let mut found = Vec::new();
         for (shard, row) in polled.rows {
             let stale = match self.finished.get(&row.seq) {
                 Some(Some(write)) => *write > polled.mark,
@@ -574,25 +575,47 @@ impl Task {
             if stale || !open || !self.owned.usable(shard, now) {
                 continue;
             }
-            let (pending, held) = self.pending_of(shard, row);
-            self.hold(pending, held);
-            loaded += 1;
+            found.push(self.pending_of(shard, row));
         }
-        for shard in polled.shards {
+        let loaded = found.len();
+        for &shard in &polled.shards {
             if self.owned.usable(shard, now) {
                 self.loaded.insert(shard);
             }
         }
-        // Rows handed over before this poll started: it saw every row
-        // stored before them.
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
-            .into_iter()
-            .partition(|(after, _, _)| *after < number);
-        self.parked = waiting;
-        for (_, pending, held) in due {
-            if self.owned.usable(held.shard, now) {
-                self.hold(pending, held);
+        // Rows handed over at submit go with this poll's rows when the poll
+        // started after they were parked (it saw every row stored before
+        // them), or when it found a later row of the same citizen (its query
+        // ran after they were stored, so it saw their predecessors too: the
+        // later row must not go first). A row of a shard the poll did not
+        // cover waits for the next poll, which loads the shard's earlier
+        // rows.
+        let mut newest: HashMap<u64, i64> = HashMap::new();
+        for (pending, _) in &found {
+            let seq = newest.entry(pending.citizen).or_insert(pending.seq);
+            *seq = (*seq).max(pending.seq);
+        }
+        for (after, pending, held) in std::mem::take(&mut self.parked) {
+            if !self.owned.usable(held.shard, now) {
+                continue;
             }
+            let covered = polled.shards.contains(&held.shard);
+            let overtaken = newest
+                .get(&pending.citizen)
+                .is_some_and(|&seq| seq > pending.seq);
+            if covered && (after < number || overtaken) {
+                found.push((pending, held));
+            } else {
+                self.parked.push((after, pending, held));
+                if after < number {
+                    self.poll_wanted = true;
+                }
+            }
+        }
+        // In seq order, so each citizen's earliest row is its head.
+        found.sort_by_key(|(pending, _)| pending.seq);
+        for (pending, held) in found {
+            self.hold(pending, held);
         }
         // Outcomes written before the next poll starts are seen by it.
         self.finished.retain(|_, write| write.is_none());

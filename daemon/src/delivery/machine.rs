@@ -76,10 +76,11 @@
 //!    is ignored. The machine forgets finished items, so the driver must not
 //!    enqueue a row the store already marked delivered or failed.
 //!
-//! 8. **Release.** [`Event::Release`] forgets an item without any action
-//!    (its shard's lease moved to another instance, which sends it now);
-//!    later items of its citizen are unblocked as for a finished one, though
-//!    the driver releases a whole shard, so they go too.
+//! 8. **Release.** [`Event::Release`] forgets items without any action
+//!    (their shard's lease moved to another instance, which sends them
+//!    now). Later items of a citizen not in the event are unblocked as for
+//!    a finished one; the driver releases a whole shard at once, so a
+//!    citizen's items all go together.
 //!
 //! At start-up the driver should feed every reloaded row (in any order: they
 //! are ordered by `seq`) before it delivers [`Event::Connected`]: an item
@@ -166,10 +167,12 @@ pub enum Event {
     /// An operator gave up on one seq. Applies only while it is queued: once
     /// on the wire, the peer's receipt decides.
     Cancel { seq: i64, reason: String },
-    /// This instance no longer holds the lease of `seq`'s shard: forget it
-    /// (queued or in flight) without an outcome, as if never enqueued.
-    /// Another instance sends it now; a late receipt for it is ignored.
-    Release { seq: i64 },
+    /// This instance no longer holds the lease of these seqs' shard:
+    /// forget them (queued or in flight) without an outcome, as if never
+    /// enqueued. Another instance sends them now; a late receipt for one is
+    /// ignored. Give all of a citizen's held seqs in one event: none of
+    /// them is sent on the way.
+    Release { seqs: Vec<i64> },
     /// Time passed (the driver woke up).
     Tick,
     /// The daemon is stopping: no new connections and no new sends; outcomes
@@ -314,7 +317,14 @@ impl Machine {
                     });
                 }
             }
-            Event::Release { seq } => self.finish(now, seq),
+            Event::Release { mut seqs } => {
+                // Latest first, so forgetting one never makes a later one
+                // of its citizen the head (and sendable) meanwhile.
+                seqs.sort_unstable_by(|a, b| b.cmp(a));
+                for seq in seqs {
+                    self.finish(now, seq);
+                }
+            }
             Event::Tick => {}
             Event::Shutdown => self.shutting_down = true,
         }
@@ -743,15 +753,13 @@ mod tests {
         m.handle(0, Event::Enqueued(item(3, 8)));
         let a = m.handle(0, Event::Connected);
         assert_eq!(sent(&a), vec![1, 3]);
-        // Seq 2 queued behind seq 1 in flight: both released (the driver
-        // releases a whole shard, so all of a citizen's rows).
-        for seq in [2, 1] {
-            let a = m.handle(10, Event::Release { seq });
-            assert!(
-                a.iter().all(|action| matches!(action, Action::WakeAt(_))),
-                "{a:?}"
-            );
-        }
+        // Seq 2 queued behind seq 1 in flight: both released together,
+        // and seq 2 is not sent on the way.
+        let a = m.handle(10, Event::Release { seqs: vec![1, 2] });
+        assert!(
+            a.iter().all(|action| matches!(action, Action::WakeAt(_))),
+            "{a:?}"
+        );
         assert_eq!((m.queued(), m.in_flight()), (0, 1));
         // A late receipt for a released seq is ignored.
         assert!(m.handle(20, accepted(1)).is_empty());
