@@ -143,6 +143,14 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
         sites.start(key).await.unwrap();
     }
 
+    // The second sending instance takes its share of the shards within a
+    // few lease rounds; start once it has, so both send.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sites.log(&psy2).contains("outbox shards rebalanced") {
+        assert!(Instant::now() < deadline, "the second instance took no shards");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let senders = Arc::new((
         sites.client(psy).await.unwrap(),
         sites.client(&psy2).await.unwrap(),
@@ -249,15 +257,13 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
         );
     }
     eprintln!("2+2 instances: {TOTAL} notices in {:?}", started.elapsed());
-    // Both sending instances took a share of the shards, and the survivor
-    // took the killed one's over.
+    // The first instance took every shard, gave half up to the second and
+    // took them back after the kill.
     let rebalances = |key: &str| sites.log(key).matches("outbox shards rebalanced").count();
-    assert!(rebalances(&psy2) >= 1, "the second instance never took shards");
     assert!(
         rebalances(psy) >= 3,
         "the first instance did not give up and take back shards"
     );
-    assert!(sites.log(psy).contains("outbox shard released to another instance"));
     let cprs: Vec<String> = (0..CITIZENS).map(cpr).collect();
     let cprs: Vec<&str> = cprs.iter().map(String::as_str).collect();
     let leaks = tvaers_e2e::cpr_leaks(&sites.all_logs(), &cprs);
