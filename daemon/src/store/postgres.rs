@@ -17,9 +17,9 @@
 //! read-back that follows sees it committed.
 //! `ack_inbox` runs its update and existence check in one transaction too.
 //!
-//! This is one daemon instance per database schema: claiming outbox work
-//! across several instances (leases, `SKIP LOCKED`) and waking inbox
-//! streams with `LISTEN/NOTIFY` are not here yet.
+//! Several daemon instances may share one schema: outbox work is split by
+//! leases on shards (see [`crate::lease`]), claimed with `SKIP LOCKED`.
+//! Waking inbox streams with `LISTEN/NOTIFY` is not here yet.
 //!
 //! The schema lives in `migrations/postgres/`, embedded at compile time and
 //! applied by [`PostgresStore::open`] in the first schema of the connection's
