@@ -798,13 +798,15 @@ impl Config {
                 "must be between 10 and 60000".into(),
             ));
         }
-        if let Some(id) = &file.store.instance_id {
-            if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid(
-                    "store.instance_id",
-                    "must be 1 to 64 characters without spaces".into(),
-                ));
-            }
+        if let Some(id) = &file.store.instance_id
+            && (id.is_empty()
+                || id.len() > 64
+                || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "store.instance_id",
+                "must be 1 to 64 characters without spaces".into(),
+            ));
         }
         let instances = InstancesConfig {
             instance_id: file.store.instance_id.clone(),

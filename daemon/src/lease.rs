@@ -287,7 +287,12 @@ impl LeaseKeeper {
         let result = match self.store.lease_view(now).await {
             Ok(view) => self
                 .store
-                .apply_leases(me, now, self.settings.lease_ms, &LeasePlan::leave(me, &view))
+                .apply_leases(
+                    me,
+                    now,
+                    self.settings.lease_ms,
+                    &LeasePlan::leave(me, &view),
+                )
                 .await
                 .map(|_| ()),
             Err(error) => Err(error),

@@ -73,7 +73,12 @@ impl Database {
 
 /// A valid CPR number per citizen (a real date, made-up serial).
 fn cpr(citizen: usize) -> String {
-    format!("{:02}{:02}85{:04}", 1 + citizen % 28, 1 + citizen / 28, 4000 + citizen)
+    format!(
+        "{:02}{:02}85{:04}",
+        1 + citizen % 28,
+        1 + citizen / 28,
+        4000 + citizen
+    )
 }
 
 /// Notice `n` (0-based) about `citizen`: its episode id carries both.
@@ -93,10 +98,10 @@ async fn submit(
     preferred_dead: &AtomicBool,
     s: Submission,
 ) -> String {
-    if !preferred_dead.load(Ordering::SeqCst) {
-        if let Ok(done) = preferred.submit(s.clone()).await {
-            return done.notice_id;
-        }
+    if !preferred_dead.load(Ordering::SeqCst)
+        && let Ok(done) = preferred.submit(s.clone()).await
+    {
+        return done.notice_id;
     }
     for _ in 0..100 {
         match fallback.submit(s.clone()).await {
@@ -147,7 +152,10 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     // few lease rounds; start once it has, so both send.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sites.log(&psy2).contains("outbox shards rebalanced") {
-        assert!(Instant::now() < deadline, "the second instance took no shards");
+        assert!(
+            Instant::now() < deadline,
+            "the second instance took no shards"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -215,7 +223,10 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     for item in &items {
         *copies.entry(item.notice_id.as_str()).or_default() += 1;
     }
-    let missing = ids.iter().filter(|id| !copies.contains_key(id.as_str())).count();
+    let missing = ids
+        .iter()
+        .filter(|id| !copies.contains_key(id.as_str()))
+        .count();
     let doubled = copies.values().filter(|&&n| n > 1).count();
     assert_eq!(
         (missing, doubled, items.len()),
@@ -227,7 +238,14 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     // Per-citizen order: inbox (cursor) order is submission order.
     let mut per_citizen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in &items {
-        let episode = &item.envelope.as_ref().unwrap().notice.as_ref().unwrap().episode_id;
+        let episode = &item
+            .envelope
+            .as_ref()
+            .unwrap()
+            .notice
+            .as_ref()
+            .unwrap()
+            .episode_id;
         let (citizen, n) = episode.split_once('-').unwrap();
         per_citizen
             .entry(citizen.to_owned())
@@ -238,7 +256,10 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     for (citizen, order) in &per_citizen {
         let mut sorted = order.clone();
         sorted.sort();
-        assert_eq!(order, &sorted, "citizen {citizen}'s notices arrived out of order");
+        assert_eq!(
+            order, &sorted,
+            "citizen {citizen}'s notices arrived out of order"
+        );
     }
 
     // Delivered at the sender, as the surviving instance reports it.
@@ -267,7 +288,10 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     let cprs: Vec<String> = (0..CITIZENS).map(cpr).collect();
     let cprs: Vec<&str> = cprs.iter().map(String::as_str).collect();
     let leaks = tvaers_e2e::cpr_leaks(&sites.all_logs(), &cprs);
-    assert!(leaks.is_empty(), "a CPR number appears in the logs: {leaks:?}");
+    assert!(
+        leaks.is_empty(),
+        "a CPR number appears in the logs: {leaks:?}"
+    );
 
     drop(senders);
     drop(receiver);

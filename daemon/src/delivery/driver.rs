@@ -37,10 +37,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tvaers_proto::v1;
 
+use super::CitizenKeys;
 use super::machine::{
     Action, ConnectionState, EXPIRED_REASON, Event, Machine, MachineConfig, Pending, ReceiptVerdict,
 };
-use super::CitizenKeys;
 use crate::lease::Owned;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::signing::{OpenError, PublicKey};
@@ -844,7 +844,9 @@ impl Task {
         if result.is_ok() {
             self.writes_done += 1;
             for update in &updates {
-                if let OutboxUpdate::Delivered { seq, .. } | OutboxUpdate::Failed { seq, .. } = update {
+                if let OutboxUpdate::Delivered { seq, .. } | OutboxUpdate::Failed { seq, .. } =
+                    update
+                {
                     if self.polling.is_some() {
                         self.finished.insert(*seq, Some(self.writes_done));
                     } else {

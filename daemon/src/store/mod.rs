@@ -620,7 +620,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Undelivered rows to `recipient` (pending or in flight, never purged)
     /// in the given shards, as (seq, shard) in seq order. Reads no
     /// envelope, so a driver may poll it often.
-    async fn open_seqs(&self, recipient: &str, shards: &[u16]) -> Result<Vec<(i64, u16)>, StoreError>;
+    async fn open_seqs(
+        &self,
+        recipient: &str,
+        shards: &[u16],
+    ) -> Result<Vec<(i64, u16)>, StoreError>;
 
     /// The outbox rows with these seqs, in any state, in seq order.
     async fn outbox_rows(&self, seqs: &[i64]) -> Result<Vec<OutboxItem>, StoreError>;

@@ -282,7 +282,13 @@ mod tests {
             assert_eq!(a[0].receipt, b[0].receipt);
         }
         assert_eq!(one.counts().await.expect("counts").inbox_total, 20);
-        assert_eq!(two.inbox_after(0, 100, false, None).await.expect("inbox").len(), 20);
+        assert_eq!(
+            two.inbox_after(0, 100, false, None)
+                .await
+                .expect("inbox")
+                .len(),
+            20
+        );
         one.close().await;
         two.close().await;
     }

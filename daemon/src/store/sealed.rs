@@ -16,9 +16,9 @@
 use std::sync::Arc;
 
 use crate::Millis;
-use crate::lease::{Lease, LeasePlan, LeaseView};
 use crate::at_rest::Keyring;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery};
+use crate::lease::{Lease, LeasePlan, LeaseView};
 
 use super::{
     AcceptOutcome, Handled, HandledReceipt, InboxRecord, IncomingNotice, NewNotice, NoticeDelivery,

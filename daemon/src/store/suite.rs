@@ -2193,7 +2193,10 @@ pub(crate) async fn open_seqs_follow_the_shards_of_undelivered_rows(store: &dyn 
     let open = store.open_seqs("org-b", &all).await.unwrap();
     assert_eq!(
         open,
-        seqs.iter().copied().zip(shards.iter().copied()).collect::<Vec<_>>()
+        seqs.iter()
+            .copied()
+            .zip(shards.iter().copied())
+            .collect::<Vec<_>>()
     );
     assert!(store.open_seqs("org-c", &all).await.unwrap().is_empty());
     assert!(store.open_seqs("org-b", &[]).await.unwrap().is_empty());
@@ -2219,7 +2222,10 @@ pub(crate) async fn open_seqs_follow_the_shards_of_undelivered_rows(store: &dyn 
 
     let rows = store.outbox_rows(&[seqs[2], seqs[0]]).await.unwrap();
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].seq, rows[0].state), (seqs[0], OutboxState::Delivered));
+    assert_eq!(
+        (rows[0].seq, rows[0].state),
+        (seqs[0], OutboxState::Delivered)
+    );
     assert_eq!(rows[1].seq, seqs[2]);
     assert_eq!(rows[1].envelope, envelope("n-2", "org-b"));
     assert!(store.outbox_rows(&[]).await.unwrap().is_empty());
@@ -2244,10 +2250,23 @@ pub(crate) async fn leases_are_claimed_renewed_and_released(store: &dyn Store) {
     let view = store.lease_view(0).await.unwrap();
     assert!(view.leases.is_empty() && view.live.is_empty());
 
-    let held = store.apply_leases("a", 1_000, 3_000, &plan(&[1, 2, 3], &[], &[])).await.unwrap();
-    assert_eq!(held, vec![lease(1, "a", 4_000), lease(2, "a", 4_000), lease(3, "a", 4_000)]);
+    let held = store
+        .apply_leases("a", 1_000, 3_000, &plan(&[1, 2, 3], &[], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![
+            lease(1, "a", 4_000),
+            lease(2, "a", 4_000),
+            lease(3, "a", 4_000)
+        ]
+    );
     // b cannot take a's unexpired shards; it gets only the free one.
-    let held = store.apply_leases("b", 2_000, 3_000, &plan(&[2, 3, 4], &[1], &[1])).await.unwrap();
+    let held = store
+        .apply_leases("b", 2_000, 3_000, &plan(&[2, 3, 4], &[1], &[1]))
+        .await
+        .unwrap();
     assert_eq!(held, vec![lease(4, "b", 5_000)]);
     let view = store.lease_view(2_000).await.unwrap();
     assert_eq!(view.live, vec!["a".to_owned(), "b".to_owned()]);
@@ -2256,18 +2275,40 @@ pub(crate) async fn leases_are_claimed_renewed_and_released(store: &dyn Store) {
 
     // a renews 1 and gives up 2; at 4 500 its unrenewed 3 has expired and
     // b takes it (and 2, now free).
-    let held = store.apply_leases("a", 3_000, 3_000, &plan(&[], &[1], &[2])).await.unwrap();
+    let held = store
+        .apply_leases("a", 3_000, 3_000, &plan(&[], &[1], &[2]))
+        .await
+        .unwrap();
     assert_eq!(held, vec![lease(1, "a", 6_000), lease(3, "a", 4_000)]);
-    let held = store.apply_leases("b", 4_500, 3_000, &plan(&[1, 2, 3], &[4], &[])).await.unwrap();
-    assert_eq!(held, vec![lease(2, "b", 7_500), lease(3, "b", 7_500), lease(4, "b", 7_500)]);
+    let held = store
+        .apply_leases("b", 4_500, 3_000, &plan(&[1, 2, 3], &[4], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![
+            lease(2, "b", 7_500),
+            lease(3, "b", 7_500),
+            lease(4, "b", 7_500)
+        ]
+    );
     // a's renewal of 3 is too late: b holds it now.
-    let held = store.apply_leases("a", 4_600, 3_000, &plan(&[], &[1, 3], &[])).await.unwrap();
+    let held = store
+        .apply_leases("a", 4_600, 3_000, &plan(&[], &[1, 3], &[]))
+        .await
+        .unwrap();
     assert_eq!(held, vec![lease(1, "a", 7_600)]);
 
     // Leaving drops the heartbeat and the given-up leases.
     let view = store.lease_view(4_600).await.unwrap();
     let leave = LeasePlan::leave("a", &view);
-    assert!(store.apply_leases("a", 4_700, 3_000, &leave).await.unwrap().is_empty());
+    assert!(
+        store
+            .apply_leases("a", 4_700, 3_000, &leave)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let view = store.lease_view(4_700).await.unwrap();
     assert_eq!(view.live, vec!["b".to_owned()]);
     assert!(view.leases.iter().all(|l| l.owner == "b"));
