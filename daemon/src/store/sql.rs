@@ -144,6 +144,16 @@ macro_rules! sql_store {
                 })
             }
 
+            /// Appends the bound `ids` and `)`, closing an `IN (` list: at
+            /// most `$max_binds` of them.
+            fn push_ids(query: &mut QueryBuilder<$db>, ids: &[i64]) {
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+            }
+
             /// Appends ` AND shard IN (…)`; at most [`crate::lease::SHARDS`]
             /// shards, well under any backend's parameter limit.
             fn push_shards(query: &mut QueryBuilder<$db>, shards: &[u16]) {
@@ -468,11 +478,7 @@ macro_rules! sql_store {
                             );
                             query.push_bind(i64::from(attempts));
                             query.push(format_args!(" WHERE state IN {OPEN_STATES} AND seq IN ("));
-                            let mut list = query.separated(", ");
-                            for seq in chunk {
-                                list.push_bind(*seq);
-                            }
-                            list.push_unseparated(")");
+                            push_ids(&mut query, chunk);
                             query
                                 .build()
                                 .persistent(false)
@@ -805,11 +811,7 @@ macro_rules! sql_store {
                         );
                         query.push_bind(now_ms);
                         query.push(") AND seq IN (");
-                        let mut list = query.separated(", ");
-                        for seq in chunk {
-                            list.push_bind(*seq);
-                        }
-                        list.push_unseparated(")");
+                        push_ids(&mut query, chunk);
                         reopened += query.build().execute(&mut *tx).await.map_err(error)?.rows_affected();
                     }
                     tx.commit().await.map_err(error)?;
@@ -862,11 +864,7 @@ macro_rules! sql_store {
                     for chunk in all_seqs.chunks($max_binds) {
                         let mut query =
                             QueryBuilder::<$db>::new("SELECT seq, notice_id, recipient FROM outbox WHERE seq IN (");
-                        let mut list = query.separated(", ");
-                        for seq in chunk {
-                            list.push_bind(*seq);
-                        }
-                        list.push_unseparated(")");
+                        push_ids(&mut query, chunk);
                         let rows = query
                             .build()
                             .persistent(false)
@@ -1852,11 +1850,7 @@ macro_rules! sql_store {
                     for chunk in seqs.chunks($max_binds) {
                         let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);
                         query.push(" WHERE o.seq IN (");
-                        let mut list = query.separated(", ");
-                        for seq in chunk {
-                            list.push_bind(*seq);
-                        }
-                        list.push_unseparated(")");
+                        push_ids(&mut query, chunk);
                         let rows = query
                             .build()
                             .persistent(false)
