@@ -463,6 +463,64 @@ signing_key = "{signing_key}"
     text
 }
 
+/// A PostgreSQL database of its own (for one organisation's instances),
+/// created from an admin URL such as `TVAERS_TEST_POSTGRES_URL` and dropped
+/// with [`PgDatabase::drop_now`].
+#[derive(Debug)]
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates a fresh database on the server `admin_url` points at.
+    pub async fn create(admin_url: &str) -> Result<PgDatabase> {
+        use sqlx::Connection;
+        let name = format!("tvaers_e2e_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .context("cannot connect to the PostgreSQL admin URL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .context("cannot create a database")?;
+        conn.close().await?;
+        Ok(PgDatabase {
+            admin_url: admin_url.to_owned(),
+            name,
+        })
+    }
+
+    /// The URL of this database: the admin URL with its database replaced.
+    pub fn url(&self) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map_or(self.admin_url.as_str(), |(base, _)| base);
+        format!("{base}/{}", self.name)
+    }
+
+    /// Drops the database (after its daemons stopped); a failure is only
+    /// reported.
+    pub async fn drop_now(self) {
+        use sqlx::Connection;
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = match sqlx::PgConnection::connect(&self.admin_url).await {
+            Ok(mut conn) => {
+                let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+                result.is_ok()
+            }
+            Err(_) => false,
+        };
+        if !dropped {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
 /// Where any of `cprs` appears in `text`, plain (`0707814321`) or dashed
 /// (`070781-4321`): one entry per line holding one, with its line number and
 /// the line with the number masked, so a failure report does not print it

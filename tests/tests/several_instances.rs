@@ -14,62 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
 use tvaers_client::{Client, DeliveryState, Submission, v1};
-use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
+use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, PgDatabase, Sites};
 use tvaers_proto::validate::sample;
 
 const TEST_URL_VAR: &str = "TVAERS_TEST_POSTGRES_URL";
 const CITIZENS: usize = 40;
 const PER_CITIZEN: usize = 50;
 const TOTAL: usize = CITIZENS * PER_CITIZEN;
-
-/// A database of its own for one organisation, dropped at the end.
-struct Database {
-    admin_url: String,
-    name: String,
-}
-
-impl Database {
-    async fn create(admin_url: &str) -> Database {
-        let name = format!("tvaers_e2e_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = sqlx::PgConnection::connect(admin_url)
-            .await
-            .unwrap_or_else(|error| panic!("cannot connect to {TEST_URL_VAR}: {error}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create a test database");
-        conn.close().await.unwrap();
-        Database {
-            admin_url: admin_url.to_owned(),
-            name,
-        }
-    }
-
-    /// The URL of this database: the admin URL with its path replaced.
-    fn url(&self) -> String {
-        let (base, _) = self
-            .admin_url
-            .rsplit_once('/')
-            .expect("the test URL names a database");
-        format!("{base}/{}", self.name)
-    }
-
-    async fn drop_now(self) {
-        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await;
-        if dropped.is_err() {
-            eprintln!("could not drop test database {}", self.name);
-        }
-        let _ = conn.close().await;
-    }
-}
 
 /// A valid CPR number per citizen (a real date, made-up serial).
 fn cpr(citizen: usize) -> String {
@@ -120,8 +72,8 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     };
     let started = Instant::now();
     let (psy, mun) = (PSYCHIATRY.org_id, MUNICIPALITY.org_id);
-    let sender_db = Database::create(&admin_url).await;
-    let receiver_db = Database::create(&admin_url).await;
+    let sender_db = PgDatabase::create(&admin_url).await.unwrap();
+    let receiver_db = PgDatabase::create(&admin_url).await.unwrap();
     let mut sites = Sites::temporary(&[PSYCHIATRY, MUNICIPALITY]).unwrap();
     // Short leases, so the killed sender's shards are taken over quickly.
     let instance_settings = ["lease_seconds = 2", "poll_ms = 100"];
