@@ -16,7 +16,10 @@
 //!    exactly once; otherwise the bench exits 1.
 //!
 //! Run it in release mode (`cargo run --release -p tvaers-bench`): the
-//! harness builds `tvaersd` in the same profile as this binary.
+//! harness builds `tvaersd` in the same profile as this binary. With
+//! `--postgres URL` both organisations use PostgreSQL (a fresh database
+//! each), and `--sender-instances N` runs N sending instances sharing the
+//! sender's database, to compare 1 vs 2 instances vs SQLite.
 #![forbid(unsafe_code)]
 
 mod stats;
@@ -34,7 +37,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 use serde::Serialize;
 use tvaers_client::{Client, StreamExt, Submission};
-use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites};
+use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, PgDatabase, Sites};
 use tvaers_proto::v1;
 use tvaers_proto::validate::{self, sample};
 
@@ -83,6 +86,15 @@ struct Args {
     /// Print the report as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Store both organisations in PostgreSQL instead of SQLite: a database
+    /// of their own each, created on this server (the URL names any
+    /// database the user may connect to) and dropped afterwards.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Sending instances sharing the sender's database (needs --postgres);
+    /// submitters are spread over them. Footprint figures are of the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    sender_instances: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +120,9 @@ struct ReportConfig {
     /// `--notice-size`, whose notices alternate between two kinds).
     notice_bytes: usize,
     release_build: bool,
+    /// `sqlite` or `postgres`.
+    store: &'static str,
+    sender_instances: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -727,6 +742,9 @@ async fn main() -> Result<()> {
     if args.concurrency == 0 || args.rates.contains(&0) || args.duration == 0 {
         bail!("--concurrency, --duration and every rate must be at least 1");
     }
+    if args.sender_instances > 1 && args.postgres.is_none() {
+        bail!("--sender-instances above 1 needs --postgres: SQLite serves one instance");
+    }
     let release = !cfg!(debug_assertions);
     if !release {
         eprintln!(
@@ -745,10 +763,25 @@ async fn main() -> Result<()> {
 async fn run(args: Args) -> Result<Report> {
     eprintln!("building tvaersd and starting {SENDER} -> {RECEIVER} on loopback");
     let mut sites = Sites::temporary(&[PSYCHIATRY, MUNICIPALITY])?;
+    let mut databases = Vec::new();
+    let mut senders = vec![SENDER.to_owned()];
+    if let Some(admin_url) = &args.postgres {
+        for org in [SENDER, RECEIVER] {
+            let database = PgDatabase::create(admin_url).await?;
+            sites.set_store(org, &database.url(), &[])?;
+            databases.push(database);
+        }
+        for _ in 1..args.sender_instances {
+            senders.push(sites.add_instance(SENDER)?);
+        }
+    }
     sites.start_all().await?;
+    for extra in &senders[1..] {
+        sites.start(extra).await?;
+    }
     let mut clients = Vec::new();
-    for _ in 0..SENDER_CONNECTIONS {
-        clients.push(sites.client(SENDER).await?);
+    for n in 0..SENDER_CONNECTIONS.max(senders.len()) {
+        clients.push(sites.client(&senders[n % senders.len()]).await?);
     }
     let follower = Follower::start(sites.site(RECEIVER).socket.clone());
     let run_id = format!(
@@ -790,7 +823,7 @@ async fn run(args: Args) -> Result<Report> {
     let idle_after = bench.footprint()?;
     let exactly_once = bench.exactly_once().await?;
 
-    for org in [SENDER, RECEIVER] {
+    for org in senders.iter().map(String::as_str).chain([RECEIVER]) {
         let status = bench.sites.stop(org).await?;
         if !status.success() {
             eprintln!("warning: tvaersd for {org} exited with {status} on SIGTERM");
@@ -807,6 +840,12 @@ async fn run(args: Args) -> Result<Report> {
             backlog: backlog.as_ref().map(|b| b.notices),
             notice_bytes,
             release_build: !cfg!(debug_assertions),
+            store: if databases.is_empty() {
+                "sqlite"
+            } else {
+                "postgres"
+            },
+            sender_instances: u32::try_from(senders.len()).unwrap_or(u32::MAX),
         },
         idle,
         throughput,
@@ -820,13 +859,23 @@ async fn run(args: Args) -> Result<Report> {
     } else {
         print_table(&report);
     }
+    drop(bench);
+    for database in databases {
+        database.drop_now().await;
+    }
     Ok(report)
 }
 
 fn print_table(r: &Report) {
     let t = &r.throughput;
     println!(
-        "tvaers-bench: {SENDER} -> {RECEIVER}, two tvaersd on loopback, SQLite FULL sync ({} build)",
+        "tvaers-bench: {SENDER} ({} instance(s)) -> {RECEIVER}, tvaersd on loopback, {} ({} build)",
+        r.config.sender_instances,
+        if r.config.store == "sqlite" {
+            "SQLite FULL sync"
+        } else {
+            "PostgreSQL"
+        },
         if r.config.release_build {
             "release"
         } else {

@@ -103,6 +103,8 @@ pub struct Config {
     pub path: PathBuf,
     pub site: Site,
     pub store: StoreConfig,
+    /// `[store]` settings for several instances sharing the store.
+    pub instances: InstancesConfig,
     /// `[storage]`: where the key-encryption key comes from. Required to
     /// run (encryption at rest is not optional); `None` only so tools can
     /// still read an older config and say what to add.
@@ -150,6 +152,27 @@ pub struct Site {
     /// `tvaers init`.
     pub signing_key: Option<PathBuf>,
 }
+
+/// How this daemon shares outbox work with other instances of the
+/// organisation (see [`crate::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancesConfig {
+    /// `store.instance_id`: this instance's name in the lease table. Unset:
+    /// a fixed one for SQLite (one instance only), a random one per start
+    /// for PostgreSQL.
+    pub instance_id: Option<String>,
+    /// `store.lease_seconds`, in ms: how long an outbox lease lasts without
+    /// renewal, so how long a crashed instance's notices wait.
+    pub lease_ms: i64,
+    /// `store.poll_ms`: how often a PostgreSQL instance looks for rows
+    /// other instances stored for the shards it holds.
+    pub poll_ms: u64,
+}
+
+/// Default of `store.lease_seconds`.
+pub const DEFAULT_LEASE_SECONDS: u64 = 15;
+/// Default of `store.poll_ms`.
+pub const DEFAULT_POLL_MS: u64 = 200;
 
 /// Default of `store.max_connections` (PostgreSQL only).
 pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 8;
@@ -506,6 +529,9 @@ struct FileSite {
 struct FileStore {
     url: String,
     max_connections: Option<u32>,
+    instance_id: Option<String>,
+    lease_seconds: Option<u64>,
+    poll_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -774,6 +800,36 @@ impl Config {
             }
         };
 
+        let lease_seconds = file.store.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS);
+        if !(1..=3_600).contains(&lease_seconds) {
+            return Err(invalid(
+                "store.lease_seconds",
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        let poll_ms = file.store.poll_ms.unwrap_or(DEFAULT_POLL_MS);
+        if !(10..=60_000).contains(&poll_ms) {
+            return Err(invalid(
+                "store.poll_ms",
+                "must be between 10 and 60000".into(),
+            ));
+        }
+        if let Some(id) = &file.store.instance_id
+            && (id.is_empty()
+                || id.len() > 64
+                || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "store.instance_id",
+                "must be 1 to 64 characters without spaces".into(),
+            ));
+        }
+        let instances = InstancesConfig {
+            instance_id: file.store.instance_id.clone(),
+            lease_ms: (lease_seconds * 1000) as i64,
+            poll_ms,
+        };
+
         let storage = match &file.storage {
             None => None,
             Some(FileStorage {
@@ -1005,6 +1061,7 @@ impl Config {
                 signing_key: file.site.signing_key.as_deref().map(resolve),
             },
             store,
+            instances,
             storage,
             transport: TransportConfig {
                 listen,
@@ -1237,6 +1294,35 @@ fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000
         let bad = format!("{GOOD}\n[retention]\nbody_dayz = 3\n");
         let err = Config::parse(Path::new("x.toml"), &bad).unwrap_err();
         assert!(err.to_string().contains("body_dayz"), "{err}");
+    }
+
+    #[test]
+    fn instance_settings_have_defaults_and_bounds() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!(
+            c.instances,
+            InstancesConfig {
+                instance_id: None,
+                lease_ms: 15_000,
+                poll_ms: DEFAULT_POLL_MS,
+            }
+        );
+        let set = GOOD.replace(
+            "[store]",
+            "[store]\ninstance_id = \"gw-1\"\nlease_seconds = 3\npoll_ms = 50",
+        );
+        let c = Config::parse(Path::new("x.toml"), &set).unwrap();
+        assert_eq!(c.instances.instance_id.as_deref(), Some("gw-1"));
+        assert_eq!((c.instances.lease_ms, c.instances.poll_ms), (3_000, 50));
+        for (bad, key) in [
+            ("lease_seconds = 0", "store.lease_seconds"),
+            ("poll_ms = 1", "store.poll_ms"),
+            ("instance_id = \"a b\"", "store.instance_id"),
+        ] {
+            let text = GOOD.replace("[store]", &format!("[store]\n{bad}"));
+            let err = Config::parse(Path::new("x.toml"), &text).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

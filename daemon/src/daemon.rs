@@ -30,6 +30,7 @@ use crate::delivery::CitizenKeys;
 use crate::delivery::driver::DriverSettings;
 use crate::delivery::machine::MachineConfig;
 use crate::identity::IdentityError;
+use crate::lease::{LeaseKeeper, LeaseSettings};
 use crate::metrics::{self, Metrics};
 use crate::peers::{DriverContext, PeerSet};
 use crate::receive::Receiver;
@@ -238,6 +239,29 @@ pub async fn run(
     let drivers_stop = CancellationToken::new();
     let citizens = CitizenKeys::default();
     let metrics = Metrics::new();
+    // The first lease round runs before the drivers start, so they begin
+    // with this instance's shards; leases are given up after the drivers
+    // stopped.
+    let shared = matches!(config.store, StoreConfig::Postgres { .. });
+    let instance_id = config.instances.instance_id.clone().unwrap_or_else(|| {
+        if shared {
+            format!("{}-{:016x}", config.site.org_id, fastrand::u64(..))
+        } else {
+            crate::lease::LOCAL_INSTANCE.to_owned()
+        }
+    });
+    tracing::info!(instance = %instance_id, "taking outbox leases");
+    let (lease_keeper, leases) = LeaseKeeper::start(
+        store.clone(),
+        LeaseSettings {
+            instance_id,
+            lease_ms: config.instances.lease_ms,
+            shared,
+        },
+    )
+    .await?;
+    let leases_stop = CancellationToken::new();
+    let lease_task = tokio::spawn(lease_keeper.run(leases_stop.clone()));
     let settings = DriverSettings {
         machine: MachineConfig {
             max_in_flight: config.delivery.max_in_flight,
@@ -248,6 +272,9 @@ pub async fn run(
         send_timeout: Duration::from_millis(config.delivery.send_timeout_ms),
         max_frame_bytes: config.transport.max_frame_bytes,
         metrics: metrics.clone(),
+        leases,
+        citizens: citizens.clone(),
+        poll_interval: Duration::from_millis(config.instances.poll_ms),
     };
     let peers = Arc::new(
         PeerSet::start(
@@ -255,7 +282,6 @@ pub async fn run(
                 settings,
                 endpoint: endpoint.clone(),
                 store: store.clone(),
-                citizens: citizens.clone(),
                 shutdown: drivers_stop.clone(),
             },
             config.peers.clone(),
@@ -405,6 +431,8 @@ pub async fn run(
     }
     peers.stop_all().await;
     drivers_stop.cancel();
+    leases_stop.cancel();
+    let _ = lease_task.await;
     let _ = receipts_check.await;
     // The escalator holds the API state (it submits overdue receipts): it
     // must end before the submit writer can.

@@ -35,6 +35,7 @@ pub mod escalation;
 pub mod escalator;
 pub mod identity;
 pub mod inbox_signal;
+pub mod lease;
 pub mod metrics;
 pub mod notice_json;
 pub mod peers;

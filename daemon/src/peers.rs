@@ -4,7 +4,8 @@
 //! store's pins. `tvaers peer add | revoke | remove` edit the config file and
 //! ask the daemon (admin API `ReloadPeers`) to apply the difference here:
 //!
-//! - a new peer is pinned and gets a driver, which reloads its outbox rows;
+//! - a new peer is pinned and gets a driver, which loads the outbox rows of
+//!   the shards this instance holds (see [`crate::lease`]);
 //! - a changed peer (new address or certificate) gets a fresh driver: the
 //!   old one stops after recording what it knows, and rows it had in flight
 //!   are sent again by the new one (the receiver answers duplicates with the
@@ -22,12 +23,9 @@ use std::sync::Arc;
 
 use tokio::sync::{RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
-use tvaers_proto::cpr::Cpr;
 
 use crate::config::{Peer, Sector};
-use crate::delivery::CitizenKeys;
 use crate::delivery::driver::{DriverSettings, PeerDriver, PeerTarget};
-use crate::delivery::machine::Pending;
 use crate::now_ms;
 use crate::signing::PublicKey;
 use crate::store::{OutboxItem, OutboxUpdate, Store, StoreError};
@@ -72,7 +70,6 @@ pub struct DriverContext {
     pub settings: DriverSettings,
     pub endpoint: Endpoint,
     pub store: Arc<dyn Store>,
-    pub citizens: CitizenKeys,
     /// Cancelled at daemon shutdown; each driver stops on a child of it.
     pub shutdown: CancellationToken,
 }
@@ -265,10 +262,6 @@ impl PeerSet {
             self.context.store.clone(),
             stop.clone(),
         );
-        let reloaded = self.reload_outbox(&peer.org_id, &driver).await?;
-        if reloaded > 0 {
-            tracing::info!(peer = %peer.org_id, notices = reloaded, "resuming delivery of stored notices");
-        }
         Ok(RunningPeer {
             config: peer.clone(),
             driver,
@@ -277,54 +270,22 @@ impl PeerSet {
         })
     }
 
-    /// Hands a peer's undelivered outbox rows to its driver.
-    async fn reload_outbox(&self, peer: &str, driver: &PeerDriver) -> Result<usize, StoreError> {
-        let rows = self.context.store.undelivered(peer).await?;
-        let count = rows.len();
-        self.enqueue_rows(driver, rows);
-        Ok(count)
-    }
-
-    /// Hands reopened outbox rows to their peers' drivers. Returns the rows
-    /// whose peer has no driver (revoked or unknown).
+    /// Has the drivers of reopened outbox rows load them (each instance
+    /// sends those of the shards it holds). Returns the rows whose peer has
+    /// no driver (revoked or unknown).
     pub async fn resume(&self, rows: Vec<OutboxItem>) -> Vec<OutboxItem> {
         let running = self.running.read().await;
         let (known, orphans): (Vec<_>, Vec<_>) = rows
             .into_iter()
             .partition(|row| running.contains_key(&row.recipient));
-        for row in known {
-            if let Some(peer) = running.get(&row.recipient) {
-                self.enqueue_rows(&peer.driver, vec![row]);
+        let peers: std::collections::BTreeSet<&str> =
+            known.iter().map(|row| row.recipient.as_str()).collect();
+        for org in peers {
+            if let Some(peer) = running.get(org) {
+                peer.driver.poll();
             }
         }
         orphans
-    }
-
-    fn enqueue_rows(&self, driver: &PeerDriver, rows: Vec<OutboxItem>) {
-        for row in rows {
-            // Order is per citizen; a row whose CPR does not parse (it was
-            // checked at submit, so only a damaged row) is ordered on its own.
-            let envelope = tvaers_proto::open_envelope(&row.envelope);
-            let created_at_ms = envelope
-                .as_ref()
-                .map_or(row.next_attempt_at_ms, |e| e.created_at_ms);
-            let citizen = envelope
-                .and_then(|e| e.notice)
-                .and_then(|n| Cpr::parse(&n.citizen_cpr).ok())
-                .map_or(row.seq as u64, |cpr| self.context.citizens.key(&cpr));
-            driver.enqueue(
-                Pending {
-                    seq: row.seq,
-                    citizen,
-                    expires_at_ms: row.expires_at_ms,
-                    attempts: row.attempts,
-                    not_before_ms: row.next_attempt_at_ms,
-                },
-                &row.notice_id,
-                row.envelope,
-                created_at_ms,
-            );
-        }
     }
 
     async fn fail_open_rows(&self, peer: &str, reason: &str) -> Result<u64, StoreError> {

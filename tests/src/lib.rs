@@ -72,6 +72,9 @@ pub struct SiteSpec {
 /// One set-up site and, while it runs, its process.
 #[derive(Debug)]
 pub struct Site {
+    /// How the harness names it: the org id, or `ORG#N` for the N-th
+    /// instance of an organisation (see [`Sites::add_instance`]).
+    pub key: String,
     pub spec: SiteSpec,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -133,6 +136,7 @@ impl Sites {
                 &dir.join("keys").join(tvaers_daemon::at_rest::KEK_FILE),
             )?;
             sites.push(Site {
+                key: spec.org_id.to_owned(),
                 spec: *spec,
                 config: dir.join("tvaers.toml"),
                 socket: dir.join("run/api.sock"),
@@ -182,22 +186,88 @@ impl Sites {
         Ok(addr)
     }
 
+    /// A site by key: its org id, or `ORG#N` for a further instance.
     pub fn site(&self, org_id: &str) -> &Site {
         self.sites
             .iter()
-            .find(|s| s.spec.org_id == org_id)
+            .find(|s| s.key == org_id)
             .unwrap_or_else(|| panic!("no site {org_id} in this set"))
     }
 
     fn site_mut(&mut self, org_id: &str) -> &mut Site {
         self.sites
             .iter_mut()
-            .find(|s| s.spec.org_id == org_id)
+            .find(|s| s.key == org_id)
             .unwrap_or_else(|| panic!("no site {org_id} in this set"))
     }
 
+    /// The organisations (first instances only).
     pub fn org_ids(&self) -> Vec<&'static str> {
-        self.sites.iter().map(|s| s.spec.org_id).collect()
+        self.sites
+            .iter()
+            .filter(|s| s.key == s.spec.org_id)
+            .map(|s| s.spec.org_id)
+            .collect()
+    }
+
+    /// Points a site's `[store]` at `url` (e.g. a PostgreSQL database) and
+    /// adds `settings` lines to that table (before it starts, and before
+    /// [`Sites::add_instance`] copies its config).
+    pub fn set_store(&self, org_id: &str, url: &str, settings: &[&str]) -> Result<()> {
+        self.edit_config(org_id, |text| {
+            let mut table = format!("[store]\nurl = \"{url}\"\n");
+            for line in settings {
+                table.push_str(line);
+                table.push('\n');
+            }
+            text.replacen("[store]\nurl = \"sqlite://data/tvaers.db\"\n", &table, 1)
+        })
+    }
+
+    /// The address a site's daemon listens on for peers.
+    pub fn peer_address(&self, key: &str) -> String {
+        format!("127.0.0.1:{}", self.site(key).port)
+    }
+
+    /// Sets up another instance of organisation `org_id`: the same keys
+    /// (linked), the same config (store, peers) but its own listen port,
+    /// sockets and log, in a directory of its own. Returns its key,
+    /// `ORG#N`. With a shared (PostgreSQL) store the instances share the
+    /// database too; start it with [`Sites::start`].
+    pub fn add_instance(&mut self, org_id: &str) -> Result<String> {
+        let n = self
+            .sites
+            .iter()
+            .filter(|s| s.spec.org_id == org_id)
+            .count()
+            + 1;
+        let key = format!("{org_id}#{n}");
+        let first = self.site(org_id);
+        let dir = self.root.join(format!("{org_id}-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        std::os::unix::fs::symlink(first.dir.join("keys"), dir.join("keys"))?;
+        let port = free_port()?;
+        let text = std::fs::read_to_string(&first.config)?.replacen(
+            &format!("listen = \"127.0.0.1:{}\"", first.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        );
+        let config = dir.join("tvaers.toml");
+        std::fs::write(&config, text)?;
+        let site = Site {
+            key: key.clone(),
+            spec: first.spec,
+            socket: dir.join("run/api.sock"),
+            log: dir.join("tvaersd.log"),
+            config,
+            dir,
+            port,
+            fingerprint: first.fingerprint.clone(),
+            signing_key: first.signing_key.clone(),
+            child: None,
+        };
+        self.sites.push(site);
+        Ok(key)
     }
 
     /// Starts a site's daemon and waits until its local API answers.
@@ -370,7 +440,7 @@ impl Sites {
     pub fn all_logs(&self) -> String {
         self.sites
             .iter()
-            .map(|s| format!("==== {} ====\n{}", s.spec.org_id, self.log(s.spec.org_id)))
+            .map(|s| format!("==== {} ====\n{}", s.key, self.log(&s.key)))
             .collect()
     }
 }
@@ -445,6 +515,64 @@ signing_key = "{signing_key}"
         ));
     }
     text
+}
+
+/// A PostgreSQL database of its own (for one organisation's instances),
+/// created from an admin URL such as `TVAERS_TEST_POSTGRES_URL` and dropped
+/// with [`PgDatabase::drop_now`].
+#[derive(Debug)]
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates a fresh database on the server `admin_url` points at.
+    pub async fn create(admin_url: &str) -> Result<PgDatabase> {
+        use sqlx::Connection;
+        let name = format!("tvaers_e2e_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .context("cannot connect to the PostgreSQL admin URL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .context("cannot create a database")?;
+        conn.close().await?;
+        Ok(PgDatabase {
+            admin_url: admin_url.to_owned(),
+            name,
+        })
+    }
+
+    /// The URL of this database: the admin URL with its database replaced.
+    pub fn url(&self) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map_or(self.admin_url.as_str(), |(base, _)| base);
+        format!("{base}/{}", self.name)
+    }
+
+    /// Drops the database (after its daemons stopped); a failure is only
+    /// reported.
+    pub async fn drop_now(self) {
+        use sqlx::Connection;
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = match sqlx::PgConnection::connect(&self.admin_url).await {
+            Ok(mut conn) => {
+                let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+                result.is_ok()
+            }
+            Err(_) => false,
+        };
+        if !dropped {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
 }
 
 /// Where any of `cprs` appears in `text`, plain (`0707814321`) or dashed

@@ -127,6 +127,7 @@ pub(crate) async fn store_and_send(
         }
         .sent()
     });
+    let shard = crate::lease::shard_of(Some(&citizen_ref), &notice_id);
     let outcome = state
         .submits
         .run(NewNotice {
@@ -159,6 +160,7 @@ pub(crate) async fn store_and_send(
                             attempts: 0,
                             not_before_ms: created_at_ms,
                         },
+                        shard,
                         &notice_id,
                         item.envelope,
                         created_at_ms,

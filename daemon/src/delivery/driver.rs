@@ -16,23 +16,35 @@
 //! unchanged: the attempt counts written here only steer backoff, and a
 //! crash before they are written leads to a resend that the receiver answers
 //! with its stored receipt.
+//!
+//! Which rows: only those of outbox shards this instance holds a lease on
+//! (see [`crate::lease`]). The driver loads a shard's undelivered rows from
+//! the store when it gains the shard, releases them from the machine
+//! (without an outcome) when it loses it or its lease nears expiry
+//! un-renewed, and, when other instances may share the store, polls for rows
+//! they stored. A row handed over at submit is parked until a poll that
+//! started after it completes: that poll sees every row committed before
+//! it, so an earlier row of the same citizen submitted on another instance
+//! is never overtaken.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tvaers_proto::v1;
 
+use super::CitizenKeys;
 use super::machine::{
     Action, ConnectionState, EXPIRED_REASON, Event, Machine, MachineConfig, Pending, ReceiptVerdict,
 };
+use crate::lease::Owned;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::signing::{OpenError, PublicKey};
-use crate::store::{OutboxUpdate, Store, StoreError};
+use crate::store::{OutboxItem, OutboxState, OutboxUpdate, Store, StoreError};
 use crate::transport::endpoint::Endpoint;
 use crate::transport::frame;
 use crate::{Millis, now_ms};
@@ -79,12 +91,20 @@ pub struct DriverSettings {
     pub send_timeout: Duration,
     pub max_frame_bytes: u32,
     pub metrics: Metrics,
+    /// The shards this instance holds, kept current by the lease keeper.
+    pub leases: watch::Receiver<Arc<Owned>>,
+    /// Orders rows loaded from the store per citizen.
+    pub citizens: CitizenKeys,
+    /// How often to look for rows other instances stored, when the store
+    /// is shared.
+    pub poll_interval: Duration,
 }
 
 /// Messages into a driver task.
 #[derive(Debug)]
 enum Input {
     Enqueue(Pending, Held),
+    Poll,
     Connected(u64, quinn::Connection),
     ConnectFailed(String),
     Disconnected(u64, String),
@@ -111,7 +131,22 @@ impl PeerDriver {
     ) -> (PeerDriver, tokio::task::JoinHandle<()>) {
         let (inputs, queue) = mpsc::unbounded_channel();
         let health = Arc::new(Mutex::new(PeerHealth::default()));
+        let leases = settings.leases.clone();
+        let owned = leases.borrow().clone();
         let task = Task {
+            owned,
+            leases,
+            leases_open: true,
+            by_shard: HashMap::new(),
+            loaded: HashSet::new(),
+            parked: Vec::new(),
+            polling: None,
+            polls_started: 0,
+            poll_wanted: true,
+            next_poll_ms: None,
+            finished: HashMap::new(),
+            writes_done: 0,
+            first_load: true,
             metrics: settings.metrics.peer(&target.org_id),
             machine: Machine::new(settings.machine.clone()),
             target,
@@ -135,12 +170,15 @@ impl PeerDriver {
         (PeerDriver { inputs, health }, handle)
     }
 
-    /// Hands a stored outbox row to the driver: `notice_id` is the id its
-    /// envelope carries (the peer's receipt must name it), `created_at_ms`
-    /// when its notice was submitted (for the delivery latency metric).
+    /// Hands a stored outbox row of outbox shard `shard` to the driver:
+    /// `notice_id` is the id its envelope carries (the peer's receipt must
+    /// name it), `created_at_ms` when its notice was submitted (for the
+    /// delivery latency metric). A row of a shard this instance does not
+    /// hold is left to the instance that does.
     pub fn enqueue(
         &self,
         pending: Pending,
+        shard: u16,
         notice_id: &str,
         envelope: Vec<u8>,
         created_at_ms: Millis,
@@ -149,8 +187,15 @@ impl PeerDriver {
             notice_id: notice_id.into(),
             envelope: Arc::new(envelope),
             created_at_ms,
+            shard,
         };
         let _ = self.inputs.send(Input::Enqueue(pending, held));
+    }
+
+    /// Asks the driver to look in the store for rows of its shards it does
+    /// not hold yet (e.g. failed rows put back to pending).
+    pub fn poll(&self) {
+        let _ = self.inputs.send(Input::Poll);
     }
 
     /// Gives up on a queued outbox row (recorded as failed with `reason`).
@@ -203,9 +248,41 @@ struct Task {
     /// clock, which tests can pause).
     write_paused_until: Option<tokio::time::Instant>,
     metrics: PeerMetrics,
+    leases: watch::Receiver<Arc<Owned>>,
+    leases_open: bool,
+    /// The shards held, as last published by the lease keeper.
+    owned: Arc<Owned>,
+    /// Seqs held (in `envelopes`) per shard, to release a lost shard.
+    by_shard: HashMap<u16, BTreeSet<i64>>,
+    /// Held shards whose rows a poll has loaded since they were gained.
+    loaded: HashSet<u16>,
+    /// Rows handed over at submit, waiting for a poll numbered above the
+    /// first value to complete (see the module documentation).
+    parked: Vec<(u64, Pending, Held)>,
+    polling: Option<(u64, PollTask)>,
+    polls_started: u64,
+    poll_wanted: bool,
+    /// When the next periodic poll is due (shared store only).
+    next_poll_ms: Option<Millis>,
+    /// Seqs the machine finished whose outcome is not yet known to be in the
+    /// store (`None`), or was written by write number `Some(n)`: a poll
+    /// that started before that write may still see them open.
+    finished: HashMap<i64, Option<u64>>,
+    writes_done: u64,
+    first_load: bool,
 }
 
 type Write = tokio::task::JoinHandle<Result<(), StoreError>>;
+type PollTask = tokio::task::JoinHandle<Result<Polled, StoreError>>;
+
+/// What a poll found: rows of the polled shards the driver did not hold.
+#[derive(Debug)]
+struct Polled {
+    /// Writes completed when the poll started.
+    mark: u64,
+    shards: Vec<u16>,
+    rows: Vec<(u16, OutboxItem)>,
+}
 
 /// An outbox row's signed envelope, held by the driver until it is
 /// finished.
@@ -216,25 +293,45 @@ struct Held {
     envelope: Arc<Vec<u8>>,
     /// When its notice was submitted.
     created_at_ms: Millis,
+    /// Its outbox shard.
+    shard: u16,
 }
 
 /// Waits for the write in progress, or forever when there is none.
 async fn written(writing: &mut Option<(Vec<OutboxUpdate>, Write)>) -> Result<(), String> {
     match writing {
-        Some((_, write)) => match write.await {
-            Ok(result) => result.map_err(|error| error.to_string()),
-            Err(panicked) => Err(panicked.to_string()),
-        },
+        Some((_, write)) => joined(write).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Waits for the poll in progress, or forever when there is none.
+async fn polled(polling: &mut Option<(u64, PollTask)>) -> Result<Polled, String> {
+    match polling {
+        Some((_, poll)) => joined(poll).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn joined<T>(task: &mut tokio::task::JoinHandle<Result<T, StoreError>>) -> Result<T, String> {
+    match task.await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(panicked) => Err(panicked.to_string()),
     }
 }
 
 impl Task {
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Input>, shutdown: CancellationToken) {
         let mut ready = Vec::new();
+        self.start_poll();
         loop {
-            let sleep = match self.wake_at {
-                Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+            let now = now_ms();
+            let deadline = [self.wake_at, self.owned.next_lapse(now), self.next_poll_ms]
+                .into_iter()
+                .flatten()
+                .min();
+            let sleep = match deadline {
+                Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -245,6 +342,15 @@ impl Task {
                     }
                 }
                 result = written(&mut self.writing) => self.on_written(result),
+                result = polled(&mut self.polling) => self.on_polled(result),
+                changed = self.leases.changed(), if self.leases_open => match changed {
+                    Ok(()) => {
+                        self.owned = self.leases.borrow_and_update().clone();
+                        self.on_leases();
+                    }
+                    // The keeper stopped (shutdown): leases lapse by time.
+                    Err(_) => self.leases_open = false,
+                },
                 () = tokio::time::sleep(sleep) => {
                     self.wake_at = None;
                     self.feed(Event::Tick);
@@ -252,6 +358,7 @@ impl Task {
                 () = shutdown.cancelled() => break,
             }
             self.start_write();
+            self.start_poll();
             self.publish_health();
         }
         // Record what we hold: the write in progress, then one more for the
@@ -274,9 +381,18 @@ impl Task {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Enqueue(pending, held) => {
-                self.envelopes.insert(pending.seq, held);
-                self.feed(Event::Enqueued(pending));
+                let shard = held.shard;
+                if !self.owned.shared && self.loaded.contains(&shard) {
+                    if self.owned.usable(shard, now_ms()) {
+                        self.hold(pending, held);
+                    }
+                } else {
+                    // Wait for a poll that starts after this row was stored.
+                    self.parked.push((self.polls_started, pending, held));
+                    self.poll_wanted = true;
+                }
             }
+            Input::Poll => self.poll_wanted = true,
             Input::Connected(generation, connection) => {
                 self.watch_close(generation, connection.clone());
                 self.connection = Some((generation, connection));
@@ -319,10 +435,221 @@ impl Task {
     }
 
     fn feed(&mut self, event: Event) {
-        let actions = self.machine.handle(now_ms(), event);
+        let now = now_ms();
+        self.fence(now);
+        let actions = self.machine.handle(now, event);
         for action in actions {
             self.perform(action);
         }
+    }
+
+    /// Hands a row of a held shard to the machine.
+    fn hold(&mut self, pending: Pending, held: Held) {
+        if self.envelopes.contains_key(&pending.seq) {
+            return;
+        }
+        self.by_shard
+            .entry(held.shard)
+            .or_default()
+            .insert(pending.seq);
+        self.envelopes.insert(pending.seq, held);
+        self.feed(Event::Enqueued(pending));
+    }
+
+    /// Stops holding `seq`: finished, or its shard released.
+    fn forget(&mut self, seq: i64) -> Option<Held> {
+        let held = self.envelopes.remove(&seq)?;
+        if let Some(seqs) = self.by_shard.get_mut(&held.shard) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_shard.remove(&held.shard);
+            }
+        }
+        Some(held)
+    }
+
+    /// Releases the rows of every shard whose lease is lost or about to
+    /// expire un-renewed: from now on another instance may send them.
+    fn fence(&mut self, now: Millis) {
+        let owned = self.owned.clone();
+        self.loaded.retain(|&shard| owned.usable(shard, now));
+        let lapsed: Vec<u16> = self
+            .by_shard
+            .keys()
+            .copied()
+            .filter(|&shard| !owned.usable(shard, now))
+            .collect();
+        for shard in lapsed {
+            let seqs = self.by_shard.remove(&shard).unwrap_or_default();
+            tracing::info!(peer = %self.target.org_id, shard, notices = seqs.len(), "outbox shard released to another instance");
+            for seq in &seqs {
+                self.envelopes.remove(seq);
+                self.receipts.remove(seq);
+            }
+            let seqs = seqs.into_iter().collect();
+            for action in self.machine.handle(now, Event::Release { seqs }) {
+                self.perform(action);
+            }
+        }
+    }
+
+    /// The lease keeper published new holdings.
+    fn on_leases(&mut self) {
+        let now = now_ms();
+        self.fence(now);
+        if self
+            .owned
+            .usable_shards(now)
+            .iter()
+            .any(|shard| !self.loaded.contains(shard))
+        {
+            self.poll_wanted = true;
+        }
+    }
+
+    /// Starts a poll when one is wanted or due and none is in progress.
+    fn start_poll(&mut self) {
+        let now = now_ms();
+        let due = self.next_poll_ms.is_some_and(|at| at <= now);
+        if self.polling.is_some() || !(self.poll_wanted || due) {
+            return;
+        }
+        self.poll_wanted = false;
+        self.next_poll_ms = None;
+        self.polls_started += 1;
+        let shards = self.owned.usable_shards(now);
+        let skip: HashSet<i64> = self
+            .envelopes
+            .keys()
+            .chain(self.finished.keys())
+            .copied()
+            .chain(self.parked.iter().map(|(_, pending, _)| pending.seq))
+            .collect();
+        let mark = self.writes_done;
+        let store = self.store.clone();
+        let recipient = self.target.org_id.clone();
+        let poll = tokio::spawn(async move {
+            let open = store.open_seqs(&recipient, &shards).await?;
+            let shard_of: HashMap<i64, u16> = open
+                .into_iter()
+                .filter(|(seq, _)| !skip.contains(seq))
+                .collect();
+            let mut missing: Vec<i64> = shard_of.keys().copied().collect();
+            missing.sort_unstable();
+            let rows = store.outbox_rows(&missing).await?;
+            let rows = rows
+                .into_iter()
+                .filter_map(|row| shard_of.get(&row.seq).map(|&shard| (shard, row)))
+                .collect();
+            Ok(Polled { mark, shards, rows })
+        });
+        self.polling = Some((self.polls_started, poll));
+    }
+
+    fn on_polled(&mut self, result: Result<Polled, String>) {
+        let Some((number, _)) = self.polling.take() else {
+            return;
+        };
+        let now = now_ms();
+        if self.owned.shared {
+            let every = i64::try_from(self.settings.poll_interval.as_millis()).unwrap_or(1_000);
+            self.next_poll_ms = Some(now + every);
+        }
+        let polled = match result {
+            Ok(polled) => polled,
+            Err(error) => {
+                tracing::warn!(peer = %self.target.org_id, %error, "cannot look for outbox rows; will retry");
+                self.next_poll_ms = Some(now + 1_000);
+                return;
+            }
+        };
+        let mut found = Vec::new();
+        for (shard, row) in polled.rows {
+            let stale = match self.finished.get(&row.seq) {
+                Some(Some(write)) => *write > polled.mark,
+                Some(None) => true,
+                None => false,
+            };
+            let open = matches!(row.state, OutboxState::Pending | OutboxState::InFlight)
+                && row.purged_at_ms.is_none();
+            if stale || !open || !self.owned.usable(shard, now) {
+                continue;
+            }
+            found.push(self.pending_of(shard, row));
+        }
+        let loaded = found.len();
+        for &shard in &polled.shards {
+            if self.owned.usable(shard, now) {
+                self.loaded.insert(shard);
+            }
+        }
+        // Rows handed over at submit go with this poll's rows when the poll
+        // started after they were parked (it saw every row stored before
+        // them), or when it found a later row of the same citizen (its query
+        // ran after they were stored, so it saw their predecessors too: the
+        // later row must not go first). A row of a shard the poll did not
+        // cover waits for the next poll, which loads the shard's earlier
+        // rows.
+        let mut newest: HashMap<u64, i64> = HashMap::new();
+        for (pending, _) in &found {
+            let seq = newest.entry(pending.citizen).or_insert(pending.seq);
+            *seq = (*seq).max(pending.seq);
+        }
+        for (after, pending, held) in std::mem::take(&mut self.parked) {
+            if !self.owned.usable(held.shard, now) {
+                continue;
+            }
+            let covered = polled.shards.contains(&held.shard);
+            let overtaken = newest
+                .get(&pending.citizen)
+                .is_some_and(|&seq| seq > pending.seq);
+            if covered && (after < number || overtaken) {
+                found.push((pending, held));
+            } else {
+                self.parked.push((after, pending, held));
+                if after < number {
+                    self.poll_wanted = true;
+                }
+            }
+        }
+        // In seq order, so each citizen's earliest row is its head.
+        found.sort_by_key(|(pending, _)| pending.seq);
+        for (pending, held) in found {
+            self.hold(pending, held);
+        }
+        // Outcomes written before the next poll starts are seen by it.
+        self.finished.retain(|_, write| write.is_none());
+        if loaded > 0 && std::mem::take(&mut self.first_load) {
+            tracing::info!(peer = %self.target.org_id, notices = loaded, "resuming delivery of stored notices");
+        }
+    }
+
+    /// The machine's view of a row loaded from the store.
+    fn pending_of(&self, shard: u16, row: OutboxItem) -> (Pending, Held) {
+        // Order is per citizen; a row whose CPR does not parse (it was
+        // checked at submit, so only a damaged row) is ordered on its own.
+        let envelope = tvaers_proto::open_envelope(&row.envelope);
+        let created_at_ms = envelope
+            .as_ref()
+            .map_or(row.next_attempt_at_ms, |e| e.created_at_ms);
+        let citizen = envelope
+            .and_then(|e| e.notice)
+            .and_then(|n| tvaers_proto::cpr::Cpr::parse(&n.citizen_cpr).ok())
+            .map_or(row.seq as u64, |cpr| self.settings.citizens.key(&cpr));
+        let pending = Pending {
+            seq: row.seq,
+            citizen,
+            expires_at_ms: row.expires_at_ms,
+            attempts: row.attempts,
+            not_before_ms: row.next_attempt_at_ms,
+        };
+        let held = Held {
+            notice_id: row.notice_id.into(),
+            envelope: Arc::new(row.envelope),
+            created_at_ms,
+            shard,
+        };
+        (pending, held)
     }
 
     fn perform(&mut self, action: Action) {
@@ -338,7 +665,8 @@ impl Task {
                 self.updates.push(OutboxUpdate::InFlight { seq, attempts });
             }
             Action::Delivered { seq } => {
-                let created_at_ms = self.envelopes.remove(&seq).map(|held| held.created_at_ms);
+                self.finished.insert(seq, None);
+                let created_at_ms = self.forget(seq).map(|held| held.created_at_ms);
                 let stored = self
                     .receipts
                     .remove(&seq)
@@ -358,7 +686,8 @@ impl Task {
                 reason,
                 rejected_by_peer,
             } => {
-                self.envelopes.remove(&seq);
+                self.finished.insert(seq, None);
+                self.forget(seq);
                 let receipt = self.receipts.remove(&seq).filter(|_| rejected_by_peer);
                 // Only the code goes into a label: the text may quote content.
                 let code = match &receipt {
@@ -512,6 +841,21 @@ impl Task {
         let Some((updates, _)) = self.writing.take() else {
             return;
         };
+        if result.is_ok() {
+            self.writes_done += 1;
+            for update in &updates {
+                if let OutboxUpdate::Delivered { seq, .. } | OutboxUpdate::Failed { seq, .. } =
+                    update
+                {
+                    if self.polling.is_some() {
+                        self.finished.insert(*seq, Some(self.writes_done));
+                    } else {
+                        // Any later poll starts after this write.
+                        self.finished.remove(seq);
+                    }
+                }
+            }
+        }
         if let Err(error) = result {
             // The machine already moved on; put the rows back in front of
             // the newer ones so a passing store error loses no outcome and
@@ -895,6 +1239,26 @@ mod tests {
         async fn escalated_since(&self, _: Millis) -> Result<Vec<(u64, String)>, StoreError> {
             unimplemented!("not used by the driver")
         }
+
+        async fn open_seqs(&self, _: &str, _: &[u16]) -> Result<Vec<(i64, u16)>, StoreError> {
+            // Nothing stored: the tests hand rows over directly.
+            Ok(Vec::new())
+        }
+        async fn outbox_rows(&self, _: &[i64]) -> Result<Vec<OutboxItem>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn lease_view(&self, _: Millis) -> Result<crate::lease::LeaseView, StoreError> {
+            unimplemented!("not used by the driver")
+        }
+        async fn apply_leases(
+            &self,
+            _: &str,
+            _: Millis,
+            _: i64,
+            _: &crate::lease::LeasePlan,
+        ) -> Result<Vec<crate::lease::Lease>, StoreError> {
+            unimplemented!("not used by the driver")
+        }
     }
 
     /// A driver for a peer nobody listens for. The rows these tests enqueue
@@ -927,6 +1291,9 @@ mod tests {
             send_timeout: Duration::from_secs(10),
             max_frame_bytes: 65_536,
             metrics: Metrics::new(),
+            leases: watch::channel(Arc::new(Owned::everything())).1,
+            citizens: CitizenKeys::default(),
+            poll_interval: Duration::from_secs(1),
         };
         let target = PeerTarget {
             org_id: "org-b".into(),
@@ -963,14 +1330,14 @@ mod tests {
             ..OutcomeStore::default()
         });
         let (_dir, driver, shutdown, task) = driver(store.clone());
-        driver.enqueue(expired(1), "n-1", Vec::new(), 0);
+        driver.enqueue(expired(1), 0, "n-1", Vec::new(), 0);
         settle().await;
         // The write of seq 1's outcome is held at the gate; a new row due
         // later must still reach the machine meanwhile.
         let mut later = expired(2);
         later.expires_at_ms = now_ms() + 7_200_000;
         later.not_before_ms = now_ms() + 3_600_000;
-        driver.enqueue(later, "n-2", Vec::new(), 0);
+        driver.enqueue(later, 0, "n-2", Vec::new(), 0);
         settle().await;
         assert_eq!(
             driver.health().queued,
@@ -991,10 +1358,10 @@ mod tests {
             ..OutcomeStore::default()
         });
         let (_dir, driver, shutdown, task) = driver(store.clone());
-        driver.enqueue(expired(1), "n-1", Vec::new(), 0);
-        driver.enqueue(expired(2), "n-2", Vec::new(), 0);
+        driver.enqueue(expired(1), 0, "n-1", Vec::new(), 0);
+        driver.enqueue(expired(2), 0, "n-2", Vec::new(), 0);
         settle().await;
-        driver.enqueue(expired(3), "n-3", Vec::new(), 0);
+        driver.enqueue(expired(3), 0, "n-3", Vec::new(), 0);
         settle().await;
         // Paused after the failure: nothing written yet.
         assert_eq!(store.attempts.lock().unwrap().len(), 1);

@@ -76,6 +76,12 @@
 //!    is ignored. The machine forgets finished items, so the driver must not
 //!    enqueue a row the store already marked delivered or failed.
 //!
+//! 8. **Release.** [`Event::Release`] forgets items without any action
+//!    (their shard's lease moved to another instance, which sends them
+//!    now). Later items of a citizen not in the event are unblocked as for
+//!    a finished one; the driver releases a whole shard at once, so a
+//!    citizen's items all go together.
+//!
 //! At start-up the driver should feed every reloaded row (in any order: they
 //! are ordered by `seq`) before it delivers [`Event::Connected`]: an item
 //! already sent cannot be recalled if a smaller `seq` of its citizen appears
@@ -161,6 +167,12 @@ pub enum Event {
     /// An operator gave up on one seq. Applies only while it is queued: once
     /// on the wire, the peer's receipt decides.
     Cancel { seq: i64, reason: String },
+    /// This instance no longer holds the lease of these seqs' shard:
+    /// forget them (queued or in flight) without an outcome, as if never
+    /// enqueued. Another instance sends them now; a late receipt for one is
+    /// ignored. Give all of a citizen's held seqs in one event: none of
+    /// them is sent on the way.
+    Release { seqs: Vec<i64> },
     /// Time passed (the driver woke up).
     Tick,
     /// The daemon is stopping: no new connections and no new sends; outcomes
@@ -303,6 +315,14 @@ impl Machine {
                         reason,
                         rejected_by_peer: false,
                     });
+                }
+            }
+            Event::Release { mut seqs } => {
+                // Latest first, so forgetting one never makes a later one
+                // of its citizen the head (and sendable) meanwhile.
+                seqs.sort_unstable_by(|a, b| b.cmp(a));
+                for seq in seqs {
+                    self.finish(now, seq);
                 }
             }
             Event::Tick => {}
@@ -723,6 +743,29 @@ mod tests {
         }
         let a = m.handle(0, Event::Connected);
         (m, a)
+    }
+
+    #[test]
+    fn released_items_are_forgotten_without_an_outcome() {
+        let mut m = Machine::new(cfg(1));
+        m.handle(0, Event::Enqueued(item(1, 7)));
+        m.handle(0, Event::Enqueued(item(2, 7)));
+        m.handle(0, Event::Enqueued(item(3, 8)));
+        let a = m.handle(0, Event::Connected);
+        assert_eq!(sent(&a), vec![1, 3]);
+        // Seq 2 queued behind seq 1 in flight: both released together,
+        // and seq 2 is not sent on the way.
+        let a = m.handle(10, Event::Release { seqs: vec![1, 2] });
+        assert!(
+            a.iter().all(|action| matches!(action, Action::WakeAt(_))),
+            "{a:?}"
+        );
+        assert_eq!((m.queued(), m.in_flight()), (0, 1));
+        // A late receipt for a released seq is ignored.
+        assert!(m.handle(20, accepted(1)).is_empty());
+        let a = m.handle(20, accepted(3));
+        assert_eq!(a, vec![Action::Delivered { seq: 3 }]);
+        assert_eq!((m.queued(), m.in_flight()), (0, 0));
     }
 
     #[test]

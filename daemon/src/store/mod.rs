@@ -12,6 +12,7 @@
 
 use crate::Millis;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
+use crate::lease::{Lease, LeasePlan, LeaseView};
 
 pub mod postgres;
 pub mod sealed;
@@ -714,6 +715,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Waits for in-progress writes and closes the connections.
     async fn close(&self);
 
+    // ----- several instances (see crate::lease) -----
+
+    /// Undelivered rows to `recipient` (pending or in flight, never purged)
+    /// in the given shards, as (seq, shard) in seq order. Reads no
+    /// envelope, so a driver may poll it often.
+    async fn open_seqs(
+        &self,
+        recipient: &str,
+        shards: &[u16],
+    ) -> Result<Vec<(i64, u16)>, StoreError>;
+
+    /// The outbox rows with these seqs, in any state, in seq order.
+    async fn outbox_rows(&self, seqs: &[i64]) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Every outbox lease, and the instances whose heartbeat is unexpired
+    /// at `now_ms`.
+    async fn lease_view(&self, now_ms: Millis) -> Result<LeaseView, StoreError>;
+
+    /// One lease round of `instance` in one transaction: renews its
+    /// heartbeat (or removes it when `plan.leave`), releases, renews (own
+    /// leases only) and claims (free or expired shards only; on PostgreSQL
+    /// rows locked by another instance's round are skipped) to expire at
+    /// `now_ms + lease_ms`. Returns the leases `instance` holds afterwards.
+    async fn apply_leases(
+        &self,
+        instance: &str,
+        now_ms: Millis,
+        lease_ms: i64,
+        plan: &LeasePlan,
+    ) -> Result<Vec<Lease>, StoreError>;
     /// The care-team view of `citizen`: the latest contact per
     /// (organisation, unit) that [`Store::submit`] and
     /// [`Store::accept_inbox`] stored, ordered by organisation and unit.

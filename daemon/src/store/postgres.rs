@@ -17,11 +17,12 @@
 //! read-back that follows sees it committed.
 //! `ack_inbox` runs its update and existence check in one transaction too.
 //!
-//! Several daemon instances of one organisation may share one schema. An
-//! accept that stores inbox items sends `NOTIFY` on a channel named after
-//! the database and schema (in its transaction, so it is delivered on
-//! commit); every instance `LISTEN`s on it, so an inbox stream opened on
-//! any instance wakes for items any instance received (see
+//! Several daemon instances of one organisation may share one schema.
+//! Outbox work is split by leases on shards (see [`crate::lease`]), claimed
+//! with `SKIP LOCKED`. An accept that stores inbox items sends `NOTIFY` on a
+//! channel named after the database and schema (in its transaction, so it
+//! is delivered on commit); every instance `LISTEN`s on it, so an inbox
+//! stream opened on any instance wakes for items any instance received (see
 //! [`Store::listen_inbox`](super::Store::listen_inbox)).
 //!
 //! The schema lives in `migrations/postgres/`, embedded at compile time and
@@ -64,6 +65,10 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Lease claims lock the rows they take and skip those another
+    /// instance is claiming, instead of waiting for it.
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// any form libpq accepts as a URL) with a pool of at most
     /// `max_connections`, and brings its schema up to date.
@@ -403,6 +408,37 @@ mod tests {
                 .is_err(),
             "another schema's listener heard nothing"
         );
+    }
+
+    /// Two instances sharing one database: the same notice reaching both
+    /// at once is stored once, and both answer with the first receipt.
+    #[tokio::test]
+    async fn the_same_notice_reaching_two_instances_is_stored_once() {
+        let Some(schema) = TestSchema::create().await else {
+            return;
+        };
+        let (one, two) = (schema.open().await, schema.open().await);
+        for round in 0..20 {
+            let id = format!("n-{round}");
+            let (a, b) = tokio::join!(
+                one.accept_inbox(vec![suite::incoming("org-x", &id, b"receipt one")]),
+                two.accept_inbox(vec![suite::incoming("org-x", &id, b"receipt two")]),
+            );
+            let (a, b) = (a.expect("accept on one"), b.expect("accept on two"));
+            assert_eq!(a[0].cursor, b[0].cursor, "{id}");
+            assert!(a[0].newly_stored ^ b[0].newly_stored, "{id}: {a:?} {b:?}");
+            assert_eq!(a[0].receipt, b[0].receipt);
+        }
+        assert_eq!(one.counts().await.expect("counts").inbox_total, 20);
+        assert_eq!(
+            two.inbox_after(0, 100, false, None)
+                .await
+                .expect("inbox")
+                .len(),
+            20
+        );
+        one.close().await;
+        two.close().await;
     }
 
     #[tokio::test]

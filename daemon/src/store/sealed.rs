@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crate::Millis;
 use crate::at_rest::Keyring;
 use crate::audit::{AuditEntry, AuditEvent, AuditQuery, CitizenRef};
+use crate::lease::{Lease, LeasePlan, LeaseView};
 
 use super::{
     AcceptOutcome, CareTeamChange, CareTeamContact, Handled, HandledReceipt, InboxListener,
@@ -434,6 +435,38 @@ impl Store for SealedStore {
 
     async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
         self.inner.escalated_since(since_ms).await
+    }
+
+    async fn open_seqs(
+        &self,
+        recipient: &str,
+        shards: &[u16],
+    ) -> Result<Vec<(i64, u16)>, StoreError> {
+        self.inner.open_seqs(recipient, shards).await
+    }
+
+    async fn outbox_rows(&self, seqs: &[i64]) -> Result<Vec<OutboxItem>, StoreError> {
+        let items = self.inner.outbox_rows(seqs).await?;
+        items
+            .into_iter()
+            .map(|item| self.open_outbox(item))
+            .collect()
+    }
+
+    async fn lease_view(&self, now_ms: Millis) -> Result<LeaseView, StoreError> {
+        self.inner.lease_view(now_ms).await
+    }
+
+    async fn apply_leases(
+        &self,
+        instance: &str,
+        now_ms: Millis,
+        lease_ms: i64,
+        plan: &LeasePlan,
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.inner
+            .apply_leases(instance, now_ms, lease_ms, plan)
+            .await
     }
 }
 

@@ -22,7 +22,10 @@
 //! when `tx` commits, that inbox items up to that cursor were stored, an
 //! inherent `async fn inbox_listener(&self) -> Result<Option<Box<dyn
 //! InboxListener>>, StoreError>` that hears those announcements, an inherent
-//! `async fn close_pools(&self)`, and its parameter limit per statement.
+//! `async fn close_pools(&self)`, an inherent `const SKIP_LOCKED: &str` (the
+//! clause that makes a `SELECT` lock its rows and skip rows other
+//! transactions hold, or nothing where writers are serialised anyway), and
+//! its parameter limit per statement.
 
 use super::{HandledStatus, OutboxState, StoreError, WebhookState};
 
@@ -117,6 +120,7 @@ macro_rules! sql_store {
                 WebhookCount, WebhookEvent, WebhookFilter, WebhookState, WebhookUpdate,
             };
             use $crate::store::sql::{parse_handled_status, parse_webhook_state};
+            use $crate::lease::{Lease, LeasePlan, LeaseView, shard_of};
 
             /// Columns [`webhook_event`] reads, in its order.
             const WEBHOOK_EVENT_SELECT: &str =
@@ -149,6 +153,42 @@ macro_rules! sql_store {
                     created_at_ms: row.try_get(11).map_err(error)?,
                     updated_at_ms: row.try_get(12).map_err(error)?,
                 })
+            }
+
+            /// Reads (shard, owner, expires_at_ms) of `outbox_leases`.
+            fn lease_row(
+                operation: &'static str,
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<Lease, StoreError> {
+                let error = query_error(operation);
+                let shard: i32 = row.try_get(0).map_err(error)?;
+                Ok(Lease {
+                    shard: u16::try_from(shard)
+                        .map_err(|_| StoreError::Corrupt(format!("outbox lease of shard {shard}")))?,
+                    owner: row.try_get(1).map_err(error)?,
+                    expires_at_ms: row.try_get(2).map_err(error)?,
+                })
+            }
+
+            /// Appends the bound `ids` and `)`, closing an `IN (` list: at
+            /// most `$max_binds` of them.
+            fn push_ids(query: &mut QueryBuilder<$db>, ids: &[i64]) {
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+            }
+
+            /// Appends ` AND shard IN (…)`; at most [`crate::lease::SHARDS`]
+            /// shards, well under any backend's parameter limit.
+            fn push_shards(query: &mut QueryBuilder<$db>, shards: &[u16]) {
+                query.push(" AND shard IN (");
+                let mut list = query.separated(", ");
+                for shard in shards {
+                    list.push_bind(i32::from(*shard));
+                }
+                list.push_unseparated(")");
             }
 
             /// Columns [`outbox_item`] reads, in its order.
@@ -551,11 +591,7 @@ macro_rules! sql_store {
                             );
                             query.push_bind(i64::from(attempts));
                             query.push(format_args!(" WHERE state IN {OPEN_STATES} AND seq IN ("));
-                            let mut list = query.separated(", ");
-                            for seq in chunk {
-                                list.push_bind(*seq);
-                            }
-                            list.push_unseparated(")");
+                            push_ids(&mut query, chunk);
                             query
                                 .build()
                                 .persistent(false)
@@ -745,16 +781,18 @@ macro_rules! sql_store {
                         .flat_map(|&index| (0..batch[index].recipients.len()).map(move |item| (index, item)))
                         .collect();
                     let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(new_rows.len());
-                    for chunk in new_rows.chunks(rows_per_chunk($max_binds, 4)) {
+                    for chunk in new_rows.chunks(rows_per_chunk($max_binds, 5)) {
                         let mut query = QueryBuilder::<$db>::new(
-                            "INSERT INTO outbox (notice_id, recipient, envelope, next_attempt_at_ms, state) ",
+                            "INSERT INTO outbox (notice_id, recipient, envelope, next_attempt_at_ms, shard, state) ",
                         );
                         query.push_values(chunk, |mut row, &(index, item)| {
                             let notice = &batch[index];
+                            let shard = shard_of(notice.citizen.as_ref(), &notice.notice_id);
                             row.push_bind(notice.notice_id.as_str())
                                 .push_bind(notice.recipients[item].recipient.as_str())
                                 .push_bind(std::mem::take(&mut envelopes[index][item]))
                                 .push_bind(notice.created_at_ms)
+                                .push_bind(i32::from(shard))
                                 .push("'pending'");
                         });
                         query.push(" RETURNING seq, notice_id, recipient");
@@ -899,11 +937,7 @@ macro_rules! sql_store {
                         );
                         query.push_bind(now_ms);
                         query.push(") AND seq IN (");
-                        let mut list = query.separated(", ");
-                        for seq in chunk {
-                            list.push_bind(*seq);
-                        }
-                        list.push_unseparated(")");
+                        push_ids(&mut query, chunk);
                         reopened += query.build().execute(&mut *tx).await.map_err(error)?.rows_affected();
                     }
                     tx.commit().await.map_err(error)?;
@@ -956,11 +990,7 @@ macro_rules! sql_store {
                     for chunk in all_seqs.chunks($max_binds) {
                         let mut query =
                             QueryBuilder::<$db>::new("SELECT seq, notice_id, recipient FROM outbox WHERE seq IN (");
-                        let mut list = query.separated(", ");
-                        for seq in chunk {
-                            list.push_bind(*seq);
-                        }
-                        list.push_unseparated(")");
+                        push_ids(&mut query, chunk);
                         let rows = query
                             .build()
                             .persistent(false)
@@ -2024,6 +2054,179 @@ macro_rules! sql_store {
                     self.close_pools().await;
                 }
 
+                async fn open_seqs(&self, recipient: &str, shards: &[u16]) -> Result<Vec<(i64, u16)>, StoreError> {
+                    const OP: &str = "open_seqs";
+                    let error = query_error(OP);
+                    if shards.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut query = QueryBuilder::<$db>::new("SELECT seq, shard FROM outbox WHERE recipient = ");
+                    query.push_bind(recipient);
+                    push_shards(&mut query, shards);
+                    query.push(format_args!(
+                        " AND state IN {OPEN_STATES} AND purged_at_ms IS NULL ORDER BY seq"
+                    ));
+                    let rows = query.build().persistent(false).fetch_all(&self.pool).await.map_err(error)?;
+                    rows.iter()
+                        .map(|row| {
+                            let seq: i64 = row.try_get(0).map_err(error)?;
+                            let shard: i32 = row.try_get(1).map_err(error)?;
+                            let shard = u16::try_from(shard)
+                                .map_err(|_| StoreError::Corrupt(format!("outbox row {seq} has shard {shard}")))?;
+                            Ok((seq, shard))
+                        })
+                        .collect()
+                }
+
+                async fn outbox_rows(&self, seqs: &[i64]) -> Result<Vec<OutboxItem>, StoreError> {
+                    const OP: &str = "outbox_rows";
+                    let mut items = Vec::with_capacity(seqs.len());
+                    for chunk in seqs.chunks($max_binds) {
+                        let mut query = QueryBuilder::<$db>::new(OUTBOX_ITEM_SELECT);
+                        query.push(" WHERE o.seq IN (");
+                        push_ids(&mut query, chunk);
+                        let rows = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err(query_error(OP))?;
+                        for row in &rows {
+                            items.push(outbox_item(OP, row)?);
+                        }
+                    }
+                    items.sort_by_key(|item| item.seq);
+                    Ok(items)
+                }
+
+                async fn lease_view(&self, now_ms: Millis) -> Result<LeaseView, StoreError> {
+                    const OP: &str = "lease_view";
+                    let error = query_error(OP);
+                    let rows = sqlx::query("SELECT shard, owner, expires_at_ms FROM outbox_leases ORDER BY shard")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(error)?;
+                    let leases = rows
+                        .iter()
+                        .map(|row: &<$db as sqlx::Database>::Row| lease_row(OP, row))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut query =
+                        QueryBuilder::<$db>::new("SELECT instance_id FROM store_instances WHERE expires_at_ms > ");
+                    query.push_bind(now_ms);
+                    query.push(" ORDER BY instance_id");
+                    let live = query
+                        .build()
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(error)?
+                        .iter()
+                        .map(|row| row.try_get(0).map_err(error))
+                        .collect::<Result<Vec<String>, _>>()?;
+                    Ok(LeaseView { leases, live })
+                }
+
+                async fn apply_leases(
+                    &self,
+                    instance: &str,
+                    now_ms: Millis,
+                    lease_ms: i64,
+                    plan: &LeasePlan,
+                ) -> Result<Vec<Lease>, StoreError> {
+                    const OP: &str = "apply_leases";
+                    let error = query_error(OP);
+                    let until = now_ms.saturating_add(lease_ms);
+                    let mut tx = self.begin_write(OP).await?;
+
+                    let mut query = QueryBuilder::<$db>::new("");
+                    if plan.leave {
+                        query.push("DELETE FROM store_instances WHERE instance_id = ");
+                        query.push_bind(instance);
+                    } else {
+                        query.push("INSERT INTO store_instances (instance_id, expires_at_ms) VALUES (");
+                        query.push_bind(instance);
+                        query.push(", ");
+                        query.push_bind(until);
+                        query.push(") ON CONFLICT (instance_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms");
+                    }
+                    query.build().execute(&mut *tx).await.map_err(error)?;
+                    // Instances gone for an hour are forgotten.
+                    let mut query = QueryBuilder::<$db>::new("DELETE FROM store_instances WHERE expires_at_ms < ");
+                    query.push_bind(now_ms.saturating_sub(3_600_000));
+                    query.build().execute(&mut *tx).await.map_err(error)?;
+
+                    // (statement head, shards, whether to bind the new expiry first)
+                    let own: [(&str, &[u16], bool); 2] = [
+                        ("DELETE FROM outbox_leases WHERE owner = ", &plan.release, false),
+                        ("UPDATE outbox_leases SET expires_at_ms = ", &plan.renew, true),
+                    ];
+                    for (head, shards, set_until) in own {
+                        if shards.is_empty() {
+                            continue;
+                        }
+                        let mut query = QueryBuilder::<$db>::new(head);
+                        if set_until {
+                            query.push_bind(until);
+                            query.push(" WHERE owner = ");
+                        }
+                        query.push_bind(instance);
+                        push_shards(&mut query, shards);
+                        query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
+                    }
+
+                    if !plan.claim.is_empty() {
+                        // Expired leases of others: lock those no other
+                        // round holds (PostgreSQL skips the rest) and take them.
+                        let mut query =
+                            QueryBuilder::<$db>::new("SELECT shard FROM outbox_leases WHERE expires_at_ms <= ");
+                        query.push_bind(now_ms);
+                        push_shards(&mut query, &plan.claim);
+                        query.push(Self::SKIP_LOCKED);
+                        let expired = query
+                            .build()
+                            .persistent(false)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(error)?
+                            .iter()
+                            .map(|row| row.try_get::<i32, _>(0).map_err(error))
+                            .collect::<Result<Vec<i32>, _>>()?;
+                        let expired: Vec<u16> = expired.into_iter().filter_map(|s| u16::try_from(s).ok()).collect();
+                        if !expired.is_empty() {
+                            let mut query = QueryBuilder::<$db>::new("UPDATE outbox_leases SET owner = ");
+                            query.push_bind(instance);
+                            query.push(", expires_at_ms = ");
+                            query.push_bind(until);
+                            query.push(" WHERE expires_at_ms <= ");
+                            query.push_bind(now_ms);
+                            push_shards(&mut query, &expired);
+                            query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
+                        }
+                        // Shards nobody held yet.
+                        let mut query =
+                            QueryBuilder::<$db>::new("INSERT INTO outbox_leases (shard, owner, expires_at_ms) ");
+                        query.push_values(&plan.claim, |mut row, shard| {
+                            row.push_bind(i32::from(*shard)).push_bind(instance).push_bind(until);
+                        });
+                        query.push(" ON CONFLICT (shard) DO NOTHING");
+                        query.build().persistent(false).execute(&mut *tx).await.map_err(error)?;
+                    }
+
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT shard, owner, expires_at_ms FROM outbox_leases WHERE owner = ",
+                    );
+                    query.push_bind(instance);
+                    query.push(" ORDER BY shard");
+                    let held = query
+                        .build()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(error)?
+                        .iter()
+                        .map(|row| lease_row(OP, row))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    tx.commit().await.map_err(error)?;
+                    Ok(held)
+                }
                 async fn escalated_since(&self, since_ms: Millis) -> Result<Vec<(u64, String)>, StoreError> {
                     self.placements_since("escalated_since", "escalated_at_ms", since_ms).await
                 }

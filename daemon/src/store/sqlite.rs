@@ -74,6 +74,10 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Write transactions hold the one writer lock from the start
+    /// (`BEGIN IMMEDIATE`): there is nothing to skip.
+    const SKIP_LOCKED: &'static str = "";
+
     /// Opens (creating it if missing) the database at `path` and brings its
     /// schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {

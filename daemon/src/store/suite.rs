@@ -2489,6 +2489,148 @@ pub(crate) async fn care_team_keeps_the_latest_contact_per_organisation_and_unit
     assert!(care_team_of(store, "cit-b").await.is_empty());
 }
 
+/// Rows are found by shard (the citizen's, see [`crate::lease::shard_of`])
+/// without their envelopes, then read by seq; finished rows are not open.
+pub(crate) async fn open_seqs_follow_the_shards_of_undelivered_rows(store: &dyn Store) {
+    use crate::lease::shard_of;
+    let ids: Vec<String> = (0..12).map(|n| format!("n-{n}")).collect();
+    let batch = ids
+        .iter()
+        .map(|id| notice(id, &format!("k-{id}"), &["org-b"]))
+        .collect();
+    let outcomes = store.submit(batch).await.unwrap();
+    let seqs: Vec<i64> = outcomes.iter().flat_map(stored_seqs).collect();
+    let shards: Vec<u16> = ids
+        .iter()
+        .map(|id| shard_of(Some(&citizen_of(id)), id))
+        .collect();
+    let all: Vec<u16> = (0..crate::lease::SHARDS).collect();
+    let open = store.open_seqs("org-b", &all).await.unwrap();
+    assert_eq!(
+        open,
+        seqs.iter()
+            .copied()
+            .zip(shards.iter().copied())
+            .collect::<Vec<_>>()
+    );
+    assert!(store.open_seqs("org-c", &all).await.unwrap().is_empty());
+    assert!(store.open_seqs("org-b", &[]).await.unwrap().is_empty());
+
+    // Only the shards asked for; a delivered row is no longer open.
+    let one = shards[0];
+    store
+        .update_outbox(vec![OutboxUpdate::Delivered {
+            seq: seqs[0],
+            receipt: b"r".to_vec(),
+            at_ms: 2_000,
+        }])
+        .await
+        .unwrap();
+    let expected: Vec<(i64, u16)> = seqs
+        .iter()
+        .zip(&shards)
+        .skip(1)
+        .filter(|(_, shard)| **shard == one)
+        .map(|(seq, shard)| (*seq, *shard))
+        .collect();
+    assert_eq!(store.open_seqs("org-b", &[one]).await.unwrap(), expected);
+
+    let rows = store.outbox_rows(&[seqs[2], seqs[0]]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].seq, rows[0].state),
+        (seqs[0], OutboxState::Delivered)
+    );
+    assert_eq!(rows[1].seq, seqs[2]);
+    assert_eq!(rows[1].envelope, envelope("n-2", "org-b"));
+    assert!(store.outbox_rows(&[]).await.unwrap().is_empty());
+}
+
+/// Leases: claims take free or expired shards only, renewals and releases
+/// touch the instance's own leases only, and the heartbeat makes an
+/// instance live until it leaves.
+pub(crate) async fn leases_are_claimed_renewed_and_released(store: &dyn Store) {
+    use crate::lease::{Lease, LeasePlan};
+    let plan = |claim: &[u16], renew: &[u16], release: &[u16]| LeasePlan {
+        claim: claim.to_vec(),
+        renew: renew.to_vec(),
+        release: release.to_vec(),
+        leave: false,
+    };
+    let lease = |shard, owner: &str, expires_at_ms| Lease {
+        shard,
+        owner: owner.to_owned(),
+        expires_at_ms,
+    };
+    let view = store.lease_view(0).await.unwrap();
+    assert!(view.leases.is_empty() && view.live.is_empty());
+
+    let held = store
+        .apply_leases("a", 1_000, 3_000, &plan(&[1, 2, 3], &[], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![
+            lease(1, "a", 4_000),
+            lease(2, "a", 4_000),
+            lease(3, "a", 4_000)
+        ]
+    );
+    // b cannot take a's unexpired shards; it gets only the free one.
+    let held = store
+        .apply_leases("b", 2_000, 3_000, &plan(&[2, 3, 4], &[1], &[1]))
+        .await
+        .unwrap();
+    assert_eq!(held, vec![lease(4, "b", 5_000)]);
+    let view = store.lease_view(2_000).await.unwrap();
+    assert_eq!(view.live, vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(view.leases.len(), 4);
+    assert!(view.leases.iter().any(|l| *l == lease(1, "a", 4_000)));
+
+    // a renews 1 and gives up 2; at 4 500 its unrenewed 3 has expired and
+    // b takes it (and 2, now free).
+    let held = store
+        .apply_leases("a", 3_000, 3_000, &plan(&[], &[1], &[2]))
+        .await
+        .unwrap();
+    assert_eq!(held, vec![lease(1, "a", 6_000), lease(3, "a", 4_000)]);
+    let held = store
+        .apply_leases("b", 4_500, 3_000, &plan(&[1, 2, 3], &[4], &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![
+            lease(2, "b", 7_500),
+            lease(3, "b", 7_500),
+            lease(4, "b", 7_500)
+        ]
+    );
+    // a's renewal of 3 is too late: b holds it now.
+    let held = store
+        .apply_leases("a", 4_600, 3_000, &plan(&[], &[1, 3], &[]))
+        .await
+        .unwrap();
+    assert_eq!(held, vec![lease(1, "a", 7_600)]);
+
+    // Leaving drops the heartbeat and the given-up leases.
+    let view = store.lease_view(4_600).await.unwrap();
+    let leave = LeasePlan::leave("a", &view);
+    assert!(
+        store
+            .apply_leases("a", 4_700, 3_000, &leave)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let view = store.lease_view(4_700).await.unwrap();
+    assert_eq!(view.live, vec!["b".to_owned()]);
+    assert!(view.leases.iter().all(|l| l.owner == "b"));
+    // An expired heartbeat is not live.
+    assert!(store.lease_view(8_000).await.unwrap().live.is_empty());
+}
+
 /// Defines one `#[tokio::test]` per suite case for a backend. `$make` is an
 /// expression (evaluated afresh for each test) that awaits to
 /// `(guard, store)`, or to `Option<(guard, store)>` where `None` skips the
@@ -2531,6 +2673,8 @@ macro_rules! store_suite {
             webhook_claims_are_oldest_first_and_bounded,
             newest_inbox_cursor_follows_accepts,
             care_team_keeps_the_latest_contact_per_organisation_and_unit,
+            open_seqs_follow_the_shards_of_undelivered_rows,
+            leases_are_claimed_renewed_and_released,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
