@@ -3,7 +3,9 @@
 //! receiver (municipality), each organisation in a database of its own.
 //! One sending instance is killed with SIGKILL mid-run, one receiving
 //! instance is killed and restarted; every notice must still arrive exactly
-//! once, be delivered at the sender, and keep its citizen's order.
+//! once, be delivered at the sender, and keep its citizen's order. And an
+//! inbox stream on one receiving instance is woken for what another
+//! received (PostgreSQL LISTEN/NOTIFY).
 //!
 //! Needs `TVAERS_TEST_POSTGRES_URL` (a database the tests may create
 //! databases from); skipped with a message without it.
@@ -263,4 +265,56 @@ async fn all_items(client: &Client) -> Vec<v1::InboxItem> {
         }
         items.extend(page);
     }
+}
+
+/// An inbox stream opened on one receiving instance sees, at once, the
+/// notices another instance of its organisation received: the sender only
+/// knows the other instance's address, so nothing reaches this one's own
+/// receive path, and only the database's notifications can wake it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inbox_stream_on_one_instance_sees_what_another_received() {
+    use tvaers_client::StreamExt;
+    let Ok(admin_url) = std::env::var(TEST_URL_VAR) else {
+        eprintln!("skipping the several-instances stream test: {TEST_URL_VAR} is not set");
+        return;
+    };
+    let (psy, mun) = (PSYCHIATRY.org_id, MUNICIPALITY.org_id);
+    let receiver_db = PgDatabase::create(&admin_url).await.unwrap();
+    let mut sites = Sites::temporary(&[PSYCHIATRY, MUNICIPALITY]).unwrap();
+    sites.set_store(mun, &receiver_db.url(), &[]).unwrap();
+    let mun2 = sites.add_instance(mun).unwrap();
+    for key in [mun, mun2.as_str(), psy] {
+        sites.start(key).await.unwrap();
+    }
+
+    let watcher = sites.client(&mun2).await.unwrap();
+    let mut stream = watcher.inbox_stream(0);
+    // The first poll opens the stream; nothing is there yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next())
+            .await
+            .is_err()
+    );
+    let sender = sites.client(psy).await.unwrap();
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let id = sender.submit(submission(n, 0)).await.unwrap().notice_id;
+        sent.push(id);
+        let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the other instance's item reaches this stream within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        assert_eq!(item.notice_id, sent[n]);
+    }
+    // All went through the first instance's receive path.
+    let accepted = sites.log(mun).matches("accepted a notice").count();
+    assert_eq!(accepted, sent.len(), "{}", sites.log(mun));
+    assert_eq!(sites.log(&mun2).matches("accepted a notice").count(), 0);
+
+    drop(stream);
+    drop(watcher);
+    drop(sender);
+    drop(sites);
+    receiver_db.drop_now().await;
 }
