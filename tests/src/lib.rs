@@ -38,6 +38,23 @@ pub const GENERAL_PRACTICE: SiteSpec = SiteSpec {
     pinned_by_others: true,
 };
 
+/// Config tables for a municipality (with [`MUNICIPALITY_ROUTES`]): always
+/// working hours and no time to handle an admission, so one is overdue at
+/// once, whatever the day and hour a test runs, and escalated to
+/// `team-leads`.
+pub const OVERDUE_AT_ONCE: &str = r#"
+[[inboxes.deadlines]]
+inbox = "discharge-coordinators"
+kinds = ["admission"]
+within_working_hours = 0
+escalate_to = "team-leads"
+
+[working_hours]
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+open = "00:00"
+close = "24:00"
+"#;
+
 /// The municipality's team-inbox routing rules in the demo and the tests:
 /// admissions and discharges to the discharge coordinators, no-shows to
 /// housing support, corrections to both, everything else (plan changes) to

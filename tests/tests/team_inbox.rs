@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use tvaers_client::{ClientError, StreamExt, Submission, v1};
-use tvaers_e2e::{MUNICIPALITY, MUNICIPALITY_ROUTES, PSYCHIATRY, Sites};
+use tvaers_e2e::{MUNICIPALITY, MUNICIPALITY_ROUTES, OVERDUE_AT_ONCE, PSYCHIATRY, Sites};
 use tvaers_proto::validate::sample;
 
 const CPR: &str = "0707814321";
@@ -232,21 +232,6 @@ async fn routed_items_are_read_and_handled_per_team_inbox() {
     let logs = sites.all_logs();
     assert!(!logs.contains(CPR), "a CPR number appears in the logs");
 }
-
-/// Always working hours and no time to handle an admission: overdue at
-/// once, whatever the day and hour the test runs.
-const OVERDUE_AT_ONCE: &str = r#"
-[[inboxes.deadlines]]
-inbox = "discharge-coordinators"
-kinds = ["admission"]
-within_working_hours = 0
-escalate_to = "team-leads"
-
-[working_hours]
-days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-open = "00:00"
-close = "24:00"
-"#;
 
 /// The business receipts `sender` holds about its notice `id` from its one
 /// recipient, once there are `count` of them.
@@ -723,23 +708,14 @@ async fn the_care_team_view_lists_the_latest_contact_per_organisation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_of_the_escalation_inbox_shows_items_escalated_later() {
     let (kommune, psyk) = (MUNICIPALITY.org_id, PSYCHIATRY.org_id);
-    let extra = r#"
+    let extra = format!(
+        r#"
 [[inboxes.routes]]
 kinds = ["no-show"]
 to = ["team-leads"]
-
-[[inboxes.deadlines]]
-inbox = "discharge-coordinators"
-kinds = ["admission"]
-within_working_hours = 0
-escalate_to = "team-leads"
-
-[working_hours]
-days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-open = "00:00"
-close = "24:00"
-"#;
-    let sites = routed_sites(extra).await;
+{OVERDUE_AT_ONCE}"#
+    );
+    let sites = routed_sites(&extra).await;
     let staff = sites.client(kommune).await.unwrap();
     let mut leads = staff.team_inbox_stream("team-leads", None);
     // The first poll opens the stream at the newest position; nothing is

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tvaers_client::v1;
-use tvaers_e2e::{MUNICIPALITY, PSYCHIATRY, Sites, cli_binary, cpr_leaks, free_port, http_get};
+use tvaers_e2e::{
+    MUNICIPALITY, OVERDUE_AT_ONCE, PSYCHIATRY, Sites, cli_binary, cpr_leaks, free_port, http_get,
+};
 use tvaers_proto::validate::sample;
 
 const CPR: &str = "0707814321";
@@ -469,24 +471,7 @@ async fn an_escalated_item_reaches_the_escalation_inbox_s_webhook() {
     let port = free_port().unwrap();
     let mut sites = Sites::temporary(&[MUNICIPALITY, PSYCHIATRY]).unwrap();
     configure_hooks(&sites, &[hook("team-leads", port, 5, false)]);
-    // No time to handle an admission, always within working hours.
-    sites
-        .add_config_tables(
-            kommune,
-            r#"
-[[inboxes.deadlines]]
-inbox = "discharge-coordinators"
-kinds = ["admission"]
-within_working_hours = 0
-escalate_to = "team-leads"
-
-[working_hours]
-days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-open = "00:00"
-close = "24:00"
-"#,
-        )
-        .unwrap();
+    sites.add_config_tables(kommune, OVERDUE_AT_ONCE).unwrap();
     let (_server, mut requests) = serve(port);
     sites.start_all().await.unwrap();
 
