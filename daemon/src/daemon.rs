@@ -254,7 +254,7 @@ pub async fn run(
     let (lease_keeper, leases) = LeaseKeeper::start(
         store.clone(),
         LeaseSettings {
-            instance_id,
+            instance_id: instance_id.clone(),
             lease_ms: config.instances.lease_ms,
             shared,
         },
@@ -362,6 +362,7 @@ pub async fn run(
         audit_keys: audit_keys.clone(),
         retention: config.retention,
         keyring,
+        instance_id,
     });
     record_start(
         store.as_ref(),

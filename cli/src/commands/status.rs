@@ -37,13 +37,18 @@ pub async fn run(config_path: &Path, out: Output) -> anyhow::Result<()> {
         "outbox": {"pending": s.outbox_pending, "delivered": s.outbox_delivered, "failed": s.outbox_failed},
         "inbox": {"total": s.inbox_total, "unacked": s.inbox_unacked},
         "warnings": warnings,
+        "instance_id": s.instance_id,
+        "instances": s.instances.iter().map(|i| json!({
+            "instance_id": i.instance_id, "shards": i.shards,
+        })).collect::<Vec<_>>(),
     });
     out.emit(&value, || {
         let started = i64::try_from(s.started_at_ms).unwrap_or(0);
         let mut text = format!(
             "tvaersd {} running: {} ({}, {})\n  up since:    {} ({})\n  listen:      {}\n  \
              fingerprint: {}\n  certificate: valid until {}\n  store:       {}\n  outbox:      \
-             {} pending, {} delivered, {} failed\n  inbox:       {} received, {} not acknowledged\n\n",
+             {} pending, {} delivered, {} failed\n  inbox:       {} received, {} not acknowledged\n  \
+             instances:   {}\n\n",
             s.version,
             s.org_id,
             s.name,
@@ -59,6 +64,7 @@ pub async fn run(config_path: &Path, out: Output) -> anyhow::Result<()> {
             s.outbox_failed,
             s.inbox_total,
             s.inbox_unacked,
+            instances_line(&s),
         );
         let mut table = Table::new(&[
             "PEER", "STATE", "LAST CONTACT", "RTT", "OUTBOX", "IN FLIGHT", "OLDEST", "LAST ERROR",
@@ -100,4 +106,24 @@ pub async fn run(config_path: &Path, out: Output) -> anyhow::Result<()> {
         text
     });
     Ok(())
+}
+
+/// Who sends which share of the outbox: each live instance and how many of
+/// the 32 shards it holds, this one marked.
+fn instances_line(s: &tvaers_client::v1::AdminStatusResponse) -> String {
+    if s.instances.is_empty() {
+        return format!("{} (holds no outbox shards)", s.instance_id);
+    }
+    s.instances
+        .iter()
+        .map(|i| {
+            let this = if i.instance_id == s.instance_id {
+                ", this one"
+            } else {
+                ""
+            };
+            format!("{} ({} shards{this})", i.instance_id, i.shards.len())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

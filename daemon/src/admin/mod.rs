@@ -56,6 +56,8 @@ pub struct AdminState {
     pub retention: RetentionConfig,
     /// The store's data key, for `RewrapStoreKey`.
     pub keyring: Arc<Keyring>,
+    /// This instance's id in the outbox leases (see [`crate::lease`]).
+    pub instance_id: String,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,11 @@ pub async fn status(state: &AdminState) -> Result<v1::AdminStatusResponse, Statu
         .outbox_open()
         .await
         .map_err(|e| crate::api::internal("status", e))?;
+    let leases = state
+        .store
+        .lease_view(now)
+        .await
+        .map_err(|e| crate::api::internal("status", e))?;
     let drivers = state.peers.drivers().await;
     let mut warnings = Vec::new();
     if let Some(warning) = certificate_warning(state.certificate_not_after_ms, now) {
@@ -96,7 +101,33 @@ pub async fn status(state: &AdminState) -> Result<v1::AdminStatusResponse, Statu
         inbox_total: counts.inbox_total,
         inbox_unacked: counts.inbox_unacked,
         warnings,
+        instance_id: state.instance_id.clone(),
+        instances: instances(&leases, now),
     })
+}
+
+/// The live instances and the shards each holds unexpired, by instance id;
+/// an instance holding shards is listed even if its heartbeat lapsed.
+fn instances(view: &crate::lease::LeaseView, now: Millis) -> Vec<v1::InstanceStatus> {
+    let mut held: std::collections::BTreeMap<&str, Vec<u32>> = view
+        .live
+        .iter()
+        .map(|id| (id.as_str(), Vec::new()))
+        .collect();
+    for lease in view.leases.iter().filter(|l| l.expires_at_ms > now) {
+        held.entry(lease.owner.as_str())
+            .or_default()
+            .push(u32::from(lease.shard));
+    }
+    held.into_iter()
+        .map(|(id, mut shards)| {
+            shards.sort_unstable();
+            v1::InstanceStatus {
+                instance_id: id.to_owned(),
+                shards,
+            }
+        })
+        .collect()
 }
 
 /// A warning when the certificate expires within
@@ -122,6 +153,38 @@ pub fn certificate_warning(not_after_ms: Option<Millis>, now: Millis) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::{Lease, LeaseView};
+
+    #[test]
+    fn instances_list_live_ones_and_their_unexpired_shards() {
+        let lease = |shard, owner: &str, expires_at_ms| Lease {
+            shard,
+            owner: owner.to_owned(),
+            expires_at_ms,
+        };
+        let view = LeaseView {
+            leases: vec![
+                lease(3, "b", 2_000),
+                lease(1, "b", 2_000),
+                lease(2, "a", 500),
+                lease(4, "c", 2_000),
+            ],
+            live: vec!["a".into(), "b".into()],
+        };
+        let shown: Vec<(String, Vec<u32>)> = instances(&view, 1_000)
+            .into_iter()
+            .map(|i| (i.instance_id, i.shards))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("a".to_owned(), vec![]),
+                ("b".to_owned(), vec![1, 3]),
+                ("c".to_owned(), vec![4]),
+            ],
+            "a's lease expired; c holds one though its heartbeat lapsed"
+        );
+    }
 
     #[test]
     fn warns_about_certificates_expiring_within_30_days() {
