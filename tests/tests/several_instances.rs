@@ -348,3 +348,73 @@ async fn an_inbox_stream_on_one_instance_sees_what_another_received() {
     drop(sites);
     receiver_db.drop_now().await;
 }
+
+/// One sending instance with both receiving instances in its peer entry
+/// connects to both and spreads its notices over them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_spreads_its_notices_over_the_receiving_instances() {
+    let Ok(admin_url) = std::env::var(TEST_URL_VAR) else {
+        eprintln!("skipping the load-spreading test: {TEST_URL_VAR} is not set");
+        return;
+    };
+    let (psy, mun) = (PSYCHIATRY.org_id, MUNICIPALITY.org_id);
+    let receiver_db = PgDatabase::create(&admin_url).await.unwrap();
+    let mut sites = Sites::temporary(&[PSYCHIATRY, MUNICIPALITY]).unwrap();
+    sites.set_store(mun, &receiver_db.url(), &[]).unwrap();
+    let mun2 = sites.add_instance(mun).unwrap();
+    let (one, two) = (sites.peer_address(mun), sites.peer_address(&mun2));
+    sites
+        .edit_config(psy, |text| {
+            text.replacen(
+                &format!("address = \"{one}\""),
+                &format!("addresses = [\"{one}\", \"{two}\"]"),
+                1,
+            )
+        })
+        .unwrap();
+    for key in [mun, mun2.as_str(), psy] {
+        sites.start(key).await.unwrap();
+    }
+
+    let sender = sites.client(psy).await.unwrap();
+    let accepted = |key: &str| sites.log(key).matches("accepted a notice").count();
+    // The first notice brings the connections up.
+    let first = sender.submit(submission(0, 0)).await.unwrap().notice_id;
+    assert!(
+        sender
+            .wait_delivered(&first, Duration::from_secs(15))
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while accepted(mun) == 0 || accepted(&mun2) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "only one receiving instance got notices: {} and {}",
+            accepted(mun),
+            accepted(&mun2)
+        );
+        n += 1;
+        let id = sender.submit(submission(n, 0)).await.unwrap().notice_id;
+        assert!(
+            sender
+                .wait_delivered(&id, Duration::from_secs(15))
+                .await
+                .unwrap()
+                .all_delivered()
+        );
+    }
+    assert!(
+        n < 10,
+        "both instances were in use within a few notices ({n})"
+    );
+    // Every notice is in the shared inbox once.
+    let inbox = all_items(&sites.client(mun).await.unwrap()).await;
+    assert_eq!(inbox.len(), n + 1);
+
+    drop(sender);
+    drop(sites);
+    receiver_db.drop_now().await;
+}

@@ -66,6 +66,8 @@ pub struct PeerHealth {
 /// Which peer, and where it listens. With several addresses (instances of
 /// one organisation) the driver dials them in turn: a failed dial or a lost
 /// connection moves on to the next, so a stopped instance is failed over.
+/// Once connected, it also connects to the other addresses and spreads its
+/// sends over all the connections that are up.
 #[derive(Debug, Clone)]
 pub struct PeerTarget {
     pub org_id: String,
@@ -83,6 +85,10 @@ impl PeerTarget {
         }
     }
 }
+
+/// How long before a spare connection to an address that does not answer
+/// (or was lost) is dialled again.
+const SPARE_REDIAL: Duration = Duration::from_secs(2);
 
 /// Settings shared by all peer drivers.
 #[derive(Debug, Clone)]
@@ -106,6 +112,12 @@ enum Input {
     Enqueue(Pending, Held),
     Poll,
     Connected(u64, quinn::Connection),
+    /// A connection to another address of the peer, opened while the
+    /// connection of that generation is up.
+    SpareConnected(u64, quinn::Connection),
+    /// Dial this address again as a spare, if the connection of that
+    /// generation is still up and none goes there.
+    RedialSpare(u64, SocketAddr),
     ConnectFailed(String),
     Disconnected(u64, String),
     Replied(i64, Result<Reply, String>),
@@ -161,6 +173,8 @@ impl PeerDriver {
             dials: 0,
             last_contact_ms: None,
             generation: 0,
+            spares: Vec::new(),
+            sends: 0,
             wake_at: None,
             updates: Vec::new(),
             writing: None,
@@ -233,6 +247,13 @@ struct Task {
     envelopes: HashMap<i64, Held>,
     receipts: HashMap<i64, Reply>,
     connection: Option<(u64, quinn::Connection)>,
+    /// Connections to the peer's other addresses (its other instances),
+    /// opened once `connection` is up: sends are spread over all of them.
+    /// They live and die with `connection`, which alone is what the machine
+    /// sees as connected.
+    spares: Vec<(u64, quinn::Connection)>,
+    /// Round robin over `connection` and `spares`.
+    sends: usize,
     /// Failed dials and lost connections so far: picks the next address.
     dials: usize,
     last_contact_ms: Option<Millis>,
@@ -373,6 +394,7 @@ impl Task {
             let result = written(&mut self.writing).await;
             self.on_written(result);
         }
+        self.close_spares(b"shutting down");
         if let Some((_, connection)) = self.connection.take() {
             connection.close(quinn::VarInt::from_u32(0), b"shutting down");
         }
@@ -395,9 +417,30 @@ impl Task {
             Input::Poll => self.poll_wanted = true,
             Input::Connected(generation, connection) => {
                 self.watch_close(generation, connection.clone());
+                self.dial_spares(generation, connection.remote_address());
                 self.connection = Some((generation, connection));
                 self.last_contact_ms = Some(now_ms());
                 self.feed(Event::Connected);
+            }
+            Input::SpareConnected(primary, connection) => {
+                if self.connection.as_ref().is_some_and(|(g, _)| *g == primary) {
+                    self.generation += 1;
+                    self.watch_close(self.generation, connection.clone());
+                    tracing::debug!(peer = %self.target.org_id, address = %connection.remote_address(), "sending over another address too");
+                    self.spares.push((self.generation, connection));
+                } else {
+                    connection.close(quinn::VarInt::from_u32(0), b"not needed");
+                }
+            }
+            Input::RedialSpare(primary, address) => {
+                let current = self.connection.as_ref().is_some_and(|(g, _)| *g == primary);
+                let covered = self
+                    .spares
+                    .iter()
+                    .any(|(_, c)| c.remote_address() == address);
+                if current && !covered {
+                    self.dial_spare(primary, address);
+                }
             }
             Input::ConnectFailed(error) => {
                 self.dials = self.dials.wrapping_add(1);
@@ -411,9 +454,20 @@ impl Task {
                     .is_some_and(|(g, _)| *g == generation)
                 {
                     self.connection = None;
+                    self.close_spares(b"reconnecting");
                     self.dials = self.dials.wrapping_add(1);
                     tracing::info!(peer = %self.target.org_id, %error, "connection to peer lost");
                     self.feed(Event::Disconnected { error });
+                } else if let Some(at) = self.spares.iter().position(|(g, _)| *g == generation) {
+                    // Its sends in flight fail one by one and are retried;
+                    // the others carry on, and the address is dialled again.
+                    let (_, spare) = self.spares.swap_remove(at);
+                    spare.close(quinn::VarInt::from_u32(0), b"lost");
+                    let address = spare.remote_address();
+                    tracing::info!(peer = %self.target.org_id, %address, %error, "connection to another address of the peer lost");
+                    if let Some((primary, _)) = &self.connection {
+                        self.redial_spare_later(*primary, address);
+                    }
                 }
             }
             Input::Replied(seq, Ok(reply)) => {
@@ -751,6 +805,74 @@ impl Task {
         });
     }
 
+    /// Dials the peer's addresses other than `primary_address` (best
+    /// effort: an address that does not answer is left out until the next
+    /// connection).
+    fn dial_spares(&self, primary: u64, primary_address: SocketAddr) {
+        for &address in self
+            .target
+            .addresses
+            .iter()
+            .filter(|a| **a != primary_address)
+        {
+            self.dial_spare(primary, address);
+        }
+    }
+
+    /// Dials `address` as a spare of the connection `primary`; an address
+    /// that does not answer is tried again after [`SPARE_REDIAL`] for as
+    /// long as `primary` is up.
+    fn dial_spare(&self, primary: u64, address: SocketAddr) {
+        let endpoint = self.endpoint.clone();
+        let org_id = self.target.org_id.clone();
+        let inputs = self.inputs.clone();
+        let timeout = self.settings.send_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, endpoint.connect(address, &org_id)).await {
+                Ok(Ok(connection)) => {
+                    let _ = inputs.send(Input::SpareConnected(primary, connection));
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %org_id, %address, %error, "another address of the peer does not answer");
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %org_id, %address, "another address of the peer does not answer in time");
+                }
+            }
+            tokio::time::sleep(SPARE_REDIAL).await;
+            let _ = inputs.send(Input::RedialSpare(primary, address));
+        });
+    }
+
+    fn redial_spare_later(&self, primary: u64, address: SocketAddr) {
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_REDIAL).await;
+            let _ = inputs.send(Input::RedialSpare(primary, address));
+        });
+    }
+
+    fn close_spares(&mut self, reason: &[u8]) {
+        for (_, spare) in self.spares.drain(..) {
+            spare.close(quinn::VarInt::from_u32(0), reason);
+        }
+    }
+
+    /// The connection for the next send, the peer's addresses in turn, and
+    /// for a spare its generation.
+    fn next_connection(&mut self) -> Option<(quinn::Connection, Option<u64>)> {
+        let (_, primary) = self.connection.as_ref()?;
+        self.sends = self.sends.wrapping_add(1);
+        Some(match self.sends % (self.spares.len() + 1) {
+            0 => (primary.clone(), None),
+            n => {
+                let (generation, spare) = &self.spares[n - 1];
+                (spare.clone(), Some(*generation))
+            }
+        })
+    }
+
     fn watch_close(&self, generation: u64, connection: quinn::Connection) {
         let inputs = self.inputs.clone();
         let endpoint = self.endpoint.clone();
@@ -763,15 +885,14 @@ impl Task {
     }
 
     fn send(&mut self, seq: i64) {
-        let (Some((_, connection)), Some(held)) = (&self.connection, self.envelopes.get(&seq))
-        else {
+        let connection = self.next_connection();
+        let (Some((connection, spare)), Some(held)) = (connection, self.envelopes.get(&seq)) else {
             let _ = self.inputs.send(Input::Replied(
                 seq,
                 Err("not connected when the send was due".into()),
             ));
             return;
         };
-        let connection = connection.clone();
         let envelope = held.envelope.clone();
         let notice_id = held.notice_id.clone();
         let peer = self.target.org_id.clone();
@@ -792,6 +913,17 @@ impl Task {
             let result = tokio::time::timeout(timeout, exchanged)
                 .await
                 .unwrap_or_else(|_| Err(Exchange::Timeout(timeout)));
+            // A spare that fails a send is dropped (and dialled again later)
+            // before more sends wait on it; the main connection's loss is
+            // left to its close event, as ever.
+            if let (Some(generation), Err(Exchange::Connection(_) | Exchange::Timeout(_))) =
+                (spare, &result)
+            {
+                let _ = inputs.send(Input::Disconnected(
+                    generation,
+                    format!("a send to {address} failed"),
+                ));
+            }
             let result = result.map_err(|error| match error {
                 Exchange::Connection(e) => endpoint.explain(address, &e).to_string(),
                 bad @ (Exchange::NoSigningKey
