@@ -66,6 +66,24 @@ async fn submit(
     panic!("the surviving instance refused a submit for 5 s");
 }
 
+/// Adds a second instance of the municipality (on its already shared
+/// store) and lists both in psychiatry's peer entry. Returns its key.
+fn second_receiving_instance(sites: &mut Sites) -> String {
+    let (psy, mun) = (PSYCHIATRY.org_id, MUNICIPALITY.org_id);
+    let mun2 = sites.add_instance(mun).unwrap();
+    let (one, two) = (sites.peer_address(mun), sites.peer_address(&mun2));
+    sites
+        .edit_config(psy, |text| {
+            text.replacen(
+                &format!("address = \"{one}\""),
+                &format!("addresses = [\"{one}\", \"{two}\"]"),
+                1,
+            )
+        })
+        .unwrap();
+    mun2
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_order() {
     let Ok(admin_url) = std::env::var(TEST_URL_VAR) else {
@@ -85,18 +103,7 @@ async fn two_sending_and_two_receiving_instances_deliver_everything_once_in_orde
     sites
         .set_store(mun, &receiver_db.url(), &instance_settings)
         .unwrap();
-    let mun2 = sites.add_instance(mun).unwrap();
-    // The sender's peer entry lists both receiving instances.
-    let (one, two) = (sites.peer_address(mun), sites.peer_address(&mun2));
-    sites
-        .edit_config(psy, |text| {
-            text.replacen(
-                &format!("address = \"{one}\""),
-                &format!("addresses = [\"{one}\", \"{two}\"]"),
-                1,
-            )
-        })
-        .unwrap();
+    let mun2 = second_receiving_instance(&mut sites);
     let psy2 = sites.add_instance(psy).unwrap();
     for key in [mun, mun2.as_str(), psy, psy2.as_str()] {
         sites.start(key).await.unwrap();
@@ -361,17 +368,7 @@ async fn a_sender_spreads_its_notices_over_the_receiving_instances() {
     let receiver_db = PgDatabase::create(&admin_url).await.unwrap();
     let mut sites = Sites::temporary(&[PSYCHIATRY, MUNICIPALITY]).unwrap();
     sites.set_store(mun, &receiver_db.url(), &[]).unwrap();
-    let mun2 = sites.add_instance(mun).unwrap();
-    let (one, two) = (sites.peer_address(mun), sites.peer_address(&mun2));
-    sites
-        .edit_config(psy, |text| {
-            text.replacen(
-                &format!("address = \"{one}\""),
-                &format!("addresses = [\"{one}\", \"{two}\"]"),
-                1,
-            )
-        })
-        .unwrap();
+    let mun2 = second_receiving_instance(&mut sites);
     for key in [mun, mun2.as_str(), psy] {
         sites.start(key).await.unwrap();
     }
