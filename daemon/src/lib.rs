@@ -5,13 +5,14 @@
 //! |---|---|
 //! | a local system submits | [`api::submit`] (signed there, [`signing`]) |
 //! | the notice is persisted | [`store`] ([`store::sqlite`]), its envelope encrypted by [`store::sealed`] |
-//! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`] |
+//! | it is scheduled and retried | [`delivery::machine`] (no I/O), driven by [`delivery::driver`]; which instance sends it: [`lease`] |
 //! | it crosses the network | [`transport`] (pinned mutual TLS over QUIC, length-prefixed frames) |
 //! | the peer receives it | [`receive`] |
 //! | it is routed to staff inboxes | [`routing`] |
 //! | its handling deadline passes | [`escalation`] (no I/O), in [`working_hours`], applied by [`escalator`] |
 //! | it is read from the inbox | [`api::inbox`], woken across instances by [`inbox_signal`] |
-//! | the team's own system is told | [`webhook`] |
+//! | the team's own system is told | [`webhook`] (the notice as JSON, on opt-in: [`notice_json`]) |
+//! | the sender learns who took it | [`api::handling`] (handled and overdue receipts), [`care_team`] |
 //!
 //! [`daemon`] wires these together and owns graceful shutdown; [`config`]
 //! turns the TOML file into typed settings; [`peers`] holds who we exchange
