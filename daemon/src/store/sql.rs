@@ -220,9 +220,11 @@ macro_rules! sql_store {
             }
 
             /// Columns [`inbox_record`] reads, in its order.
+            /// Columns qualified, so a query may join `inbox` with a table
+            /// that has a `cursor` too.
             const INBOX_RECORD_SELECT: &str =
-                "SELECT cursor, sender, notice_id, envelope, received_at_ms, acked_at_ms, receipt, \
-                        purged_at_ms \
+                "SELECT inbox.cursor, inbox.sender, inbox.notice_id, inbox.envelope, \
+                        inbox.received_at_ms, inbox.acked_at_ms, inbox.receipt, inbox.purged_at_ms \
                  FROM inbox";
 
             fn inbox_record(
@@ -1397,17 +1399,13 @@ macro_rules! sql_store {
                     let Ok(after) = i64::try_from(after_position) else {
                         return Ok(Vec::new());
                     };
-                    let mut query = QueryBuilder::<$db>::new(
-                        "SELECT i.cursor, i.sender, i.notice_id, i.envelope, i.received_at_ms, i.acked_at_ms, \
-                                i.receipt, i.purged_at_ms \
-                         FROM inbox_placements p JOIN inbox i ON i.cursor = p.cursor \
-                         WHERE p.inbox_name = ",
-                    );
+                    let mut query = QueryBuilder::<$db>::new(INBOX_RECORD_SELECT);
+                    query.push(" JOIN inbox_placements p ON p.cursor = inbox.cursor WHERE p.inbox_name = ");
                     query.push_bind(inbox);
                     query.push(" AND p.position > ");
                     query.push_bind(after);
                     if unacked_only {
-                        query.push(" AND i.acked_at_ms IS NULL");
+                        query.push(" AND inbox.acked_at_ms IS NULL");
                     }
                     query.push(" ORDER BY p.position LIMIT ");
                     query.push_bind(i64::from(limit));
