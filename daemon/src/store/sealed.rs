@@ -90,6 +90,13 @@ impl SealedStore {
         Ok(())
     }
 
+    fn open_inboxes(&self, records: Vec<InboxRecord>) -> Result<Vec<InboxRecord>, StoreError> {
+        records
+            .into_iter()
+            .map(|record| self.open_inbox(record))
+            .collect()
+    }
+
     fn open_inbox(&self, mut record: InboxRecord) -> Result<InboxRecord, StoreError> {
         for placement in &mut record.placements {
             if let Some(sealed) = &placement.handling {
@@ -212,10 +219,7 @@ impl Store for SealedStore {
             .inner
             .inbox_after(after_cursor, limit, unacked_only, inbox)
             .await?;
-        records
-            .into_iter()
-            .map(|record| self.open_inbox(record))
-            .collect()
+        self.open_inboxes(records)
     }
 
     async fn newest_inbox_cursor(&self) -> Result<u64, StoreError> {
@@ -233,10 +237,7 @@ impl Store for SealedStore {
             .inner
             .team_inbox_after(inbox, after_position, limit, unacked_only)
             .await?;
-        records
-            .into_iter()
-            .map(|record| self.open_inbox(record))
-            .collect()
+        self.open_inboxes(records)
     }
 
     async fn newest_position(&self) -> Result<u64, StoreError> {
@@ -245,10 +246,7 @@ impl Store for SealedStore {
 
     async fn inbox_by_notice(&self, notice_id: &str) -> Result<Vec<InboxRecord>, StoreError> {
         let records = self.inner.inbox_by_notice(notice_id).await?;
-        records
-            .into_iter()
-            .map(|record| self.open_inbox(record))
-            .collect()
+        self.open_inboxes(records)
     }
 
     async fn outbox_open(&self) -> Result<Vec<OpenOutbox>, StoreError> {
